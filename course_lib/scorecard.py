@@ -1,0 +1,216 @@
+"""One scorecard for the whole course.
+
+:func:`measure` runs the shared protocol on a model and returns a :class:`Record`:
+
+* validation perplexity on the first ``profile.eval_blocks`` pydoc validation blocks of
+  ``profile.block_size`` tokens (:func:`course_lib.metrics.perplexity`);
+* exact-match accuracy on a task's test split, when one is given;
+* true footprint and the article's ``numel() * element_size()`` estimate;
+* parameter count, non-zeros and sparsity;
+* greedy generation latency and tokens/s (``profile.gen_tokens`` new tokens, one warm-up,
+  median of ``profile.timing_repeats``);
+* peak memory during the perplexity evaluation (process RSS on CPU, allocated bytes on CUDA).
+
+:func:`save_record` stores it in ``<results>/<profile>/<chapter>.json`` (one file per chapter,
+a record per model name, replaced when measured again). :func:`load_records` gathers every
+chapter into one pandas table; :func:`pareto_plot` draws footprint and speed against perplexity.
+
+The results folder is ``$COURSE_RESULTS_DIR`` if set, else ``benchmarks/results`` of the course
+checkout, else ``results`` in the course cache folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .data import token_blocks
+from .device import model_device
+from .metrics import (PeakMemory, count_parameters, exact_match, footprint_bytes,
+                      generation_speed, naive_footprint_bytes, perplexity)
+from .profiles import Profile, get_profile
+
+
+@dataclass
+class Record:
+    """One measured model. Sizes in bytes, times in seconds; None where not measured."""
+
+    chapter: str
+    name: str
+    profile: str
+    device: str
+    params: int
+    nonzero_params: int
+    sparsity: float
+    footprint_bytes: int
+    naive_footprint_bytes: int
+    perplexity: float | None = None
+    accuracy: float | None = None
+    tokens_per_s: float | None = None
+    latency_s: float | None = None
+    peak_memory_bytes: int | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+    timestamp: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
+
+    def summary(self) -> str:
+        """A one-line, human-readable summary."""
+        parts = [f"{self.chapter}/{self.name}:"]
+        if self.perplexity is not None:
+            parts.append(f"ppl {self.perplexity:.2f}")
+        if self.accuracy is not None:
+            parts.append(f"acc {self.accuracy:.1%}")
+        parts.append(f"footprint {self.footprint_bytes / 1e6:.1f} MB")
+        parts.append(f"params {self.params / 1e6:.1f} M (sparsity {self.sparsity:.1%})")
+        if self.tokens_per_s is not None:
+            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+        return " ".join(parts)
+
+
+def measure(model, tokenizer, *, chapter: str, name: str, task_examples=None,
+            profile: Profile | None = None, perplexity_blocks=None, speed: bool = True,
+            notes: str = "", extra: dict | None = None, progress: bool = True) -> Record:
+    """Measure a model with the course protocol (see the module docstring).
+
+    Args:
+        chapter: the chapter's notebook name, e.g. ``"03_quantization"``.
+        name: what this model is, e.g. ``"nf4"``; unique within the chapter.
+        task_examples: a task's test examples for exact-match accuracy (skipped when None).
+        perplexity_blocks: override the validation blocks (only for models with another
+            tokenizer; the default keeps every chapter comparable).
+        speed: measure generation speed (skip for models that cannot generate).
+    """
+    profile = profile or get_profile()
+    device = model_device(model)
+    if perplexity_blocks is None:
+        perplexity_blocks = token_blocks(tokenizer, "validation", profile.block_size, profile.eval_blocks)
+    with PeakMemory(device) as peak:
+        ppl = perplexity(model, perplexity_blocks, batch_size=profile.eval_batch_size, progress=progress)
+    acc = None
+    if task_examples is not None:
+        acc = exact_match(model, tokenizer, list(task_examples), batch_size=profile.eval_batch_size * 2,
+                          progress=progress)
+    counts = count_parameters(model)
+    tps = latency = None
+    if speed:
+        timing = generation_speed(model, tokenizer, new_tokens=profile.gen_tokens,
+                                  repeats=profile.timing_repeats)
+        tps, latency = timing["tokens_per_s"], timing["latency_s"]
+    return Record(
+        chapter=chapter, name=name, profile=profile.name, device=str(device),
+        params=counts.total, nonzero_params=counts.nonzero, sparsity=counts.sparsity,
+        footprint_bytes=footprint_bytes(model), naive_footprint_bytes=naive_footprint_bytes(model),
+        perplexity=ppl, accuracy=acc, tokens_per_s=tps, latency_s=latency,
+        peak_memory_bytes=peak.peak_bytes, notes=notes, extra=dict(extra or {}),
+    )
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def results_dir() -> Path:
+    """Where records are stored (see the module docstring)."""
+    if os.environ.get("COURSE_RESULTS_DIR"):
+        return Path(os.environ["COURSE_RESULTS_DIR"]).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "benchmarks").is_dir():
+        return checkout / "benchmarks" / "results"
+    from .models import cache_dir
+
+    return cache_dir() / "results"
+
+
+def save_record(record: Record, folder: str | Path | None = None) -> Path:
+    """Add (or replace, by name) ``record`` in ``<folder>/<profile>/<chapter>.json``; return the path."""
+    folder = Path(folder) if folder is not None else results_dir()
+    path = folder / record.profile / f"{record.chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(path.read_text())["records"] if path.is_file() else []
+    records = [r for r in records if r["name"] != record.name] + [asdict(record)]
+    path.write_text(json.dumps({"records": records}, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_records(profile: str | None = None, folder: str | Path | None = None):
+    """All saved records of a profile (default: the active one) as a pandas DataFrame."""
+    import pandas as pd
+
+    folder = Path(folder) if folder is not None else results_dir()
+    profile = profile or get_profile().name
+    known = {f.name for f in fields(Record)}
+    rows = []
+    for path in sorted((folder / profile).glob("*.json")):
+        if path.name.startswith("_"):  # not a chapter's records (e.g. _notebooks.json, timings)
+            continue
+        for r in json.loads(path.read_text())["records"]:
+            rows.append({k: v for k, v in r.items() if k in known})
+    columns = [f.name for f in fields(Record)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def results_table(df):
+    """A readable view: MB instead of bytes, rounded, sorted by chapter."""
+    view = df.copy()
+    view["footprint_MB"] = view["footprint_bytes"] / 1e6
+    view["article_estimate_MB"] = view["naive_footprint_bytes"] / 1e6
+    view["params_M"] = view["params"] / 1e6
+    cols = ["chapter", "name", "perplexity", "accuracy", "footprint_MB", "article_estimate_MB",
+            "params_M", "sparsity", "tokens_per_s", "latency_s"]
+    return view[cols].sort_values(["chapter", "name"]).reset_index(drop=True).round(3)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def pareto_front(df, x: str, y: str, x_larger_is_better: bool) -> list[int]:
+    """Indices of rows not dominated by another row (lower ``y`` is better; ``x`` as stated)."""
+    rows = df[[x, y]].dropna()
+    front = []
+    for i, (xi, yi) in rows.iterrows():
+        dominated = False
+        for j, (xj, yj) in rows.iterrows():
+            better_x = xj >= xi if x_larger_is_better else xj <= xi
+            strictly = (xj != xi) or (yj != yi)
+            if j != i and better_x and yj <= yi and strictly:
+                dominated = True
+                break
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def pareto_plot(df, annotate: bool = True):
+    """Two panels: footprint (MB) vs perplexity and tokens/s vs perplexity, Pareto fronts drawn.
+
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    data = df.dropna(subset=["perplexity"]).copy()
+    data["footprint_MB"] = data["footprint_bytes"] / 1e6
+    panels = [("footprint_MB", "footprint (MB, true)", False), ("tokens_per_s", "generation tokens/s", True)]
+    for ax, (x, label, larger_better) in zip(axes, panels):
+        for chapter, group in data.groupby("chapter"):
+            ax.scatter(group[x], group["perplexity"], label=chapter, s=40)
+            if annotate:
+                for _, r in group.iterrows():
+                    if r[x] == r[x]:  # not NaN
+                        ax.annotate(r["name"], (r[x], r["perplexity"]), fontsize=7,
+                                    xytext=(3, 3), textcoords="offset points")
+        front = data.loc[pareto_front(data, x, "perplexity", larger_better)].sort_values(x)
+        if len(front) > 1:
+            ax.step(front[x], front["perplexity"], where="post", color="grey", lw=1, ls="--",
+                    label="Pareto front")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation perplexity (lower is better)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Smaller and better: down and left")
+    axes[1].set_title("Faster and better: down and right")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.layers import linear_layers
+from course_lib.metrics import (PeakMemory, count_parameters, exact_match, footprint_bytes, generate_answers,
+                                generation_speed, naive_footprint_bytes, nll_sum, perplexity)
+from course_lib.tasks import Example
+from course_lib.tiny_models import tiny_llama
+
+
+def test_perplexity_matches_the_definition():
+    model = tiny_llama(vocab_size=97)
+    blocks = torch.randint(0, 97, (5, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(blocks).logits
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, 97), blocks[:, 1:].reshape(-1))
+    assert perplexity(model, blocks, batch_size=2, progress=False) == pytest.approx(math.exp(nll.item()), rel=1e-5)
+    total, count = nll_sum(model, blocks, batch_size=3, progress=False)
+    assert count == 5 * 11
+
+
+def test_uniform_model_has_perplexity_equal_to_vocabulary():
+    model = tiny_llama(vocab_size=50, tie_embeddings=False)
+    torch.nn.init.zeros_(model.lm_head.weight)
+    blocks = torch.randint(0, 50, (3, 8))
+    assert perplexity(model, blocks, progress=False) == pytest.approx(50, rel=1e-5)
+
+
+def test_perplexity_input_errors():
+    model = tiny_llama(vocab_size=50)
+    with pytest.raises(ValueError, match="block_size >= 2"):
+        perplexity(model, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size"):
+        perplexity(model, torch.zeros(2, 4, dtype=torch.long), batch_size=0)
+
+
+def test_tied_weights_count_once():
+    tied, untied = tiny_llama(vocab_size=300), tiny_llama(vocab_size=300, tie_embeddings=False)
+    embed = 300 * 64
+    assert count_parameters(untied).total - count_parameters(tied).total == embed
+    assert footprint_bytes(untied) - footprint_bytes(tied) == embed * 4
+    # buffers (rotary inverse frequencies) are part of the footprint, not of the article's estimate
+    assert footprint_bytes(tied) > naive_footprint_bytes(tied)
+
+
+def test_sparsity_counts_zeros():
+    model = tiny_llama(vocab_size=100)
+    before = count_parameters(model)
+    zeroed = 0
+    with torch.no_grad():
+        for layer in linear_layers(model).values():
+            layer.weight[:, ::2] = 0
+            zeroed += layer.weight[:, ::2].numel()
+    after = count_parameters(model)
+    assert after.total == before.total and before.nonzero - after.nonzero == zeroed
+    assert after.sparsity == pytest.approx(1 - after.nonzero / after.total)
+
+
+def test_four_bit_footprint_includes_quantization_state(tmp_path, tokenizer):
+    from course_lib.models import load_model, save_model
+
+    folder = save_model(tiny_llama(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256),
+                        tokenizer, tmp_path / "m")
+    fp32, _ = load_model(str(folder), device="cpu", verbose=False)
+    nf4, _ = load_model(str(folder), quantization="nf4", device="cpu", verbose=False)
+    linear_params = sum(m.weight.numel() for m in linear_layers(fp32).values())
+    # 4 bits per weight plus one float32 absmax per block of 64: 4 + 32/64 = 4.5 bits
+    expected_gap = linear_params * (32 / 64) / 8
+    gap = footprint_bytes(nf4) - naive_footprint_bytes(nf4)
+    assert gap >= expected_gap  # the article's estimate misses at least the absmax values
+    assert count_parameters(nf4).total == count_parameters(fp32).total  # logical count
+    assert sum(p.numel() for p in nf4.parameters()) < count_parameters(fp32).total  # numel() undercounts
+
+
+def test_dynamic_int8_footprint_counts_packed_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    assert naive_footprint_bytes(q) == 0  # no nn.Parameters left: the estimate sees nothing
+    # int8 weights (1 byte each) plus float32 biases
+    assert footprint_bytes(q) == 64 * 64 + 64 * 8 + 4 * (64 + 8)
+    assert count_parameters(q).total == count_parameters(model).total
+
+
+def test_generation_speed_produces_exact_token_count(tokenizer):
+    model = tiny_llama(vocab_size=len(tokenizer))
+    result = generation_speed(model, tokenizer, new_tokens=5, repeats=2, warmup=1)
+    assert result["new_tokens"] == 5 and len(result["times_s"]) == 2
+    assert result["tokens_per_s"] == pytest.approx(5 / result["latency_s"])
+    with pytest.raises(ValueError):
+        generation_speed(model, tokenizer, new_tokens=0)
+
+
+def test_exact_match_and_generation(tokenizer, monkeypatch):
+    model = tiny_llama(vocab_size=len(tokenizer))
+    examples = [Example("Date: 1 May 2020\nISO:", "2020-05-01"), Example("Date: 2 May 2020\nISO:", "2020-05-02")]
+    answers = generate_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens=3, progress=False)
+    assert len(answers) == 2 and all("\n" not in a for a in answers)
+    acc, preds = exact_match(model, tokenizer, examples, return_predictions=True, progress=False)
+    assert 0 <= acc <= 1 and len(preds) == 2
+    import course_lib.metrics as metrics
+    monkeypatch.setattr(metrics, "generate_answers", lambda *a, **k: ["2020-05-01", "wrong"])
+    assert exact_match(model, tokenizer, examples, progress=False) == 0.5
+    with pytest.raises(ValueError):
+        exact_match(model, tokenizer, [])
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory("cpu", interval=0.001) as peak:
+        big = torch.ones(64, 1024, 1024)  # 256 MiB
+        big += 1
+        del big
+    assert peak.increase_bytes > 128 * 2**20
+
+
+def test_parameter_count_is_a_record():
+    from course_lib.metrics import ParameterCount
+
+    counts = count_parameters(torch.nn.Linear(3, 2, bias=False))
+    assert isinstance(counts, ParameterCount) and counts.total == 6 and counts.sparsity == pytest.approx(0.0)

@@ -1,0 +1,63 @@
+import json
+
+import pandas as pd
+import pytest
+
+from course_lib.profiles import get_profile
+from course_lib.scorecard import (Record, load_records, measure, pareto_front, pareto_plot, results_dir,
+                                  results_table, save_record)
+from course_lib.tasks import make_task
+from course_lib.tiny_models import tiny_llama
+
+
+def _record(name, ppl, mb, tps, chapter="00_baseline_and_metrics", profile="smoke"):
+    return Record(chapter=chapter, name=name, profile=profile, device="cpu", params=10, nonzero_params=10,
+                  sparsity=0.0, footprint_bytes=int(mb * 1e6), naive_footprint_bytes=int(mb * 1e6),
+                  perplexity=ppl, tokens_per_s=tps)
+
+
+def test_measure_fills_every_field(tokenizer):
+    model = tiny_llama(vocab_size=len(tokenizer))
+    task = make_task("date-iso", 0, 2)
+    record = measure(model, tokenizer, chapter="00_baseline_and_metrics", name="tiny",
+                     task_examples=task.test, profile=get_profile("smoke"), progress=False)
+    assert record.profile == "smoke" and record.perplexity > 1
+    assert 0 <= record.accuracy <= 1 and record.tokens_per_s > 0 and record.latency_s > 0
+    assert record.footprint_bytes >= record.naive_footprint_bytes > 0
+    assert record.params == sum(p.numel() for p in model.parameters())
+    assert record.peak_memory_bytes > 0
+    assert "ppl" in record.summary()
+
+
+def test_save_replaces_by_name_and_load_gathers_chapters(results_tmp):
+    assert results_dir() == results_tmp
+    save_record(_record("a", 30.0, 500, 10))
+    path = save_record(_record("a", 25.0, 500, 10))
+    save_record(_record("b", 40.0, 150, 20, chapter="03_quantization"))
+    assert [r["perplexity"] for r in json.loads(path.read_text())["records"]] == [25.0]
+    df = load_records("smoke")
+    assert set(df["name"]) == {"a", "b"} and len(df) == 2
+    assert load_records("cpu").empty
+    table = results_table(df)
+    assert table.loc[table["name"] == "b", "footprint_MB"].item() == pytest.approx(150)
+
+
+def test_pareto_front():
+    df = pd.DataFrame([
+        {"name": "big-good", "x": 500, "y": 20},
+        {"name": "small-bad", "x": 100, "y": 40},
+        {"name": "dominated", "x": 600, "y": 45},
+        {"name": "middle", "x": 300, "y": 25},
+    ])
+    front = set(df.loc[pareto_front(df, "x", "y", x_larger_is_better=False), "name"])
+    assert front == {"big-good", "small-bad", "middle"}
+    front_speed = set(df.loc[pareto_front(df, "x", "y", x_larger_is_better=True), "name"])
+    assert front_speed == {"big-good", "dominated"}  # fastest, and best perplexity
+
+
+def test_pareto_plot_draws_two_panels(results_tmp):
+    for rec in (_record("a", 30.0, 500, 10), _record("b", 40.0, 150, 20), _record("c", 35.0, 300, 15)):
+        save_record(rec)
+    fig = pareto_plot(load_records("smoke"))
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_xlabel().startswith("footprint")

@@ -1,0 +1,93 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.checks import Case, check_function, compare_values
+from course_lib.checks.baseline import (check_count_unique_parameters, check_perplexity_from_logits,
+                                        reference_count_unique_parameters, reference_perplexity_from_logits)
+
+
+def square(x):
+    return x * x
+
+
+def test_pass_and_fail_messages(capsys):
+    cases = [Case((2,)), Case((3,), label="three")]
+    assert check_function(square, square, cases)
+    assert "✅" in capsys.readouterr().out
+    result = check_function(lambda x: x + x, square, cases, name="sq",
+                            diagnose=lambda got, exp, case: "you doubled instead of squaring")
+    out = capsys.readouterr().out
+    assert not result and "three" in out and "Hint: you doubled" in out
+
+
+def test_checker_never_crashes(capsys):
+    def todo(x):
+        raise NotImplementedError
+
+    def broken(x):
+        return 1 / 0
+
+    assert not check_function(todo, square, [Case((1,))])
+    assert "not written yet" in capsys.readouterr().out
+    assert not check_function(broken, square, [Case((1,))])
+    assert "ZeroDivisionError" in capsys.readouterr().out
+    assert not check_function(42, square, [Case((1,))])
+    assert "expected a function" in capsys.readouterr().out
+    assert not check_function(lambda x: "text", lambda x: torch.zeros(2), [Case((1,))])
+    assert "torch.Tensor" in capsys.readouterr().out
+
+
+def test_compare_values_describes_differences():
+    assert compare_values(torch.ones(2), torch.ones(3)).startswith("expected shape")
+    assert "max abs difference" in compare_values(torch.ones(2), torch.zeros(2))
+    assert compare_values(torch.ones(2, dtype=torch.bool), torch.ones(2)) is not None
+    assert "dtype" in compare_values(torch.ones(2), torch.ones(2, dtype=torch.bool))
+    assert compare_values(1.0, 1.0 + 1e-9) is None
+    assert compare_values("a", "b") == "expected 'b', got 'a'"
+
+
+def test_perplexity_checker_accepts_the_reference_and_diagnoses_mistakes(capsys):
+    assert check_perplexity_from_logits(reference_perplexity_from_logits)
+
+    def unshifted(logits, ids):
+        return math.exp(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1)).item())
+
+    def no_exp(logits, ids):
+        return math.log(reference_perplexity_from_logits(logits, ids))
+
+    capsys.readouterr()
+    assert not check_perplexity_from_logits(unshifted)
+    assert "input_ids[:, 1:]" in capsys.readouterr().out
+    assert not check_perplexity_from_logits(no_exp)
+    assert "exponential" in capsys.readouterr().out
+
+
+def test_parameter_count_checker(capsys):
+    assert check_count_unique_parameters(reference_count_unique_parameters)
+    capsys.readouterr()
+    double = lambda m: sum(p.numel() for _, p in m.named_parameters(remove_duplicate=False))  # noqa: E731
+    assert not check_count_unique_parameters(double)
+    assert "tied embedding twice" in capsys.readouterr().out
+
+
+def test_claim_table_computes_verdicts():
+    import pytest
+
+    from course_lib.claims import claim_table, verdict
+
+    styled = claim_table([("A claim", "article", "measured 1.0", True), ("B", "paper", "n/a", None)])
+    df = styled.data
+    assert list(df["verdict"]) == [verdict(True), verdict(None)]
+    assert verdict(False).startswith("❌")
+    with pytest.raises(ValueError, match="claim, source, measured, holds"):
+        claim_table([("too", "short")])
+
+
+def test_check_result_is_truthy_and_silent_in_jupyter():
+    from course_lib.checks import CheckResult
+
+    result = CheckResult(True, "✅ fine")
+    assert result and not CheckResult(False, "no")
+    assert result._ipython_display_() is None  # printed already; Jupyter shows nothing more

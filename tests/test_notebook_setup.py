@@ -1,0 +1,40 @@
+import logging
+import random
+
+import pytest
+import torch
+
+from course_lib.notebook_setup import (CHAPTERS, first_cell, quiet_library_noise, seed_everything, start,
+                                       versions)
+
+
+def test_start_prints_environment_and_returns_the_profile(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "smoke")
+    profile = start("00_baseline_and_metrics")
+    out = capsys.readouterr().out
+    assert profile.name == "smoke"
+    for words in ("Versions:", "torch", "Device:", "run profile: smoke", "Model smollm2-135m:"):
+        assert words in out
+    with pytest.raises(ValueError, match="Unknown chapter"):
+        start("99_magic")
+
+
+def test_versions_and_first_cell():
+    found = versions()
+    assert found["torch"].startswith("2.") and "python" in found
+    cell = first_cell("03_quantization")
+    assert 'start("03_quantization")' in cell and "google.colab" in cell
+    assert sorted(CHAPTERS) == [f"{i:02d}" for i in range(7)]
+
+
+def test_seed_everything_makes_runs_repeatable():
+    seed_everything(3)
+    a = (random.random(), torch.rand(2))
+    seed_everything(3)
+    b = (random.random(), torch.rand(2))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_quiet_library_noise_silences_torchao_logging():
+    quiet_library_noise()
+    assert logging.getLogger("torchao").getEffectiveLevel() >= logging.ERROR

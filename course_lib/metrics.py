@@ -295,7 +295,9 @@ class PeakMemory:
 
     On CUDA: ``torch.cuda.max_memory_allocated`` (bytes held by tensors).
     On CPU: the process's resident set size (RSS), sampled every ``interval`` seconds in a
-    background thread; it includes everything the process holds, not only this model.
+    background thread; it includes everything the process holds, not only this model, and
+    memory freed earlier may be reused without raising RSS, so compare ``increase_bytes`` only
+    between measurements made the same way in fresh processes (or read ``peak_bytes``).
 
     Attributes after the block: ``peak_bytes``, ``start_bytes``, ``increase_bytes`` (peak - start).
     """

@@ -85,6 +85,10 @@ def _head_shape(model: nn.Module) -> tuple[int, int, int]:
     return heads, kv, head_dim
 
 
+def _module_names(model: nn.Module) -> dict[nn.Module, str]:
+    return {module: name for name, module in model.named_modules()}
+
+
 def _check_float(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         if not p.is_floating_point() or type(p) not in (torch.Tensor, nn.Parameter):
@@ -103,21 +107,37 @@ def _unit_scores(weight_out_in: torch.Tensor, unit_size: int, norms: torch.Tenso
     return col.view(-1, unit_size).sum(1).sqrt()
 
 
-def mlp_neuron_scores(model: nn.Module, calib_blocks: torch.Tensor, batch_size: int = 8,
-                      progress: bool = True) -> dict[int, torch.Tensor]:
+def _output_norms(model: nn.Module, outputs: dict[str, nn.Module], calib_blocks, batch_size: int,
+                  progress: bool, norms: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Input norms of the output projections, measured now or looked up in precomputed ``norms``."""
+    if norms is None:
+        if calib_blocks is None:
+            raise ValueError("Give calib_blocks (token blocks of calibration text) or precomputed norms.")
+        return input_norms(model, calib_blocks, modules=outputs, batch_size=batch_size, progress=progress)
+    missing = [name for name in outputs if name not in norms]
+    if missing:
+        raise ValueError(f"norms has no entry for {missing[0]}; compute it with input_norms(model, calib_blocks).")
+    return {name: norms[name] for name in outputs}
+
+
+def mlp_neuron_scores(model: nn.Module, calib_blocks: torch.Tensor | None, batch_size: int = 8,
+                      progress: bool = True, norms: dict[str, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """Importance of every MLP neuron, per decoder layer, from calibration text.
 
     ``score_j = ||a_j||_2 * ||W_down[:, j]||_2``, where ``a_j`` is neuron j's activation (the input
     of ``down_proj`` / ``c_proj``) over all calibration tokens: the L2 norm of the neuron's
     contribution to the block's output. Returns ``{layer index: tensor [intermediate_size]}``.
+
+    Args:
+        norms: input norms already measured by :func:`course_lib.pruning.input_norms` on this
+            model (keyed by module name); then ``calib_blocks`` is not read again.
     """
-    layers = decoder_layers(model)
-    outputs = {}
-    for i, layer in enumerate(layers):
+    names, outputs = _module_names(model), {}
+    for layer in decoder_layers(model):
         mlp, _, output, _ = _mlp_layout(layer)
-        outputs[str(i)] = getattr(mlp, output)
-    norms = input_norms(model, calib_blocks, modules=outputs, batch_size=batch_size, progress=progress)
-    return {i: _unit_scores(linear_weight(outputs[str(i)]), 1, norms[str(i)]) for i in range(len(layers))}
+        outputs[names[getattr(mlp, output)]] = getattr(mlp, output)
+    found = _output_norms(model, outputs, calib_blocks, batch_size, progress, norms)
+    return {i: _unit_scores(linear_weight(module), 1, found[name]) for i, (name, module) in enumerate(outputs.items())}
 
 
 def mlp_weight_scores(model: nn.Module) -> dict[int, torch.Tensor]:
@@ -129,18 +149,22 @@ def mlp_weight_scores(model: nn.Module) -> dict[int, torch.Tensor]:
     return scores
 
 
-def attention_head_scores(model: nn.Module, calib_blocks: torch.Tensor, batch_size: int = 8,
-                          progress: bool = True) -> dict[int, torch.Tensor]:
+def attention_head_scores(model: nn.Module, calib_blocks: torch.Tensor | None, batch_size: int = 8,
+                          progress: bool = True, norms: dict[str, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """Importance of every query head, per decoder layer, from calibration text.
 
     ``score_h = sqrt( sum over the head's head_dim input columns d of o_proj of ||X_d||^2 ||W_o[:, d]||^2 )``.
     Returns ``{layer index: tensor [num_attention_heads]}``. Llama-style attention only.
+    ``norms``: as in :func:`mlp_neuron_scores`.
     """
     _, _, head_dim = _head_shape(model)
-    layers = decoder_layers(model)
-    outputs = {str(i): _attention(layer).o_proj for i, layer in enumerate(layers)}
-    norms = input_norms(model, calib_blocks, modules=outputs, batch_size=batch_size, progress=progress)
-    return {i: _unit_scores(linear_weight(outputs[str(i)]), head_dim, norms[str(i)]) for i in range(len(layers))}
+    names, outputs = _module_names(model), {}
+    for layer in decoder_layers(model):
+        o_proj = _attention(layer).o_proj
+        outputs[names[o_proj]] = o_proj
+    found = _output_norms(model, outputs, calib_blocks, batch_size, progress, norms)
+    return {i: _unit_scores(linear_weight(module), head_dim, found[name])
+            for i, (name, module) in enumerate(outputs.items())}
 
 
 def attention_head_weight_scores(model: nn.Module) -> dict[int, torch.Tensor]:

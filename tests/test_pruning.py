@@ -254,3 +254,96 @@ def test_explorer_view_and_widget(tokenizer):
     plt.close("all")
     with pytest.raises(ValueError, match="methods is empty"):
         pruning_explorer(model, tokenizer, blocks, {})
+
+
+# --------------------------------------------------------------------------- exercise checkers
+
+
+def test_magnitude_mask_checker(capsys):
+    from course_lib.checks.pruning import check_magnitude_mask, reference_magnitude_mask
+
+    assert check_magnitude_mask(reference_magnitude_mask)
+    capsys.readouterr()
+    assert not check_magnitude_mask(lambda w, s: ~reference_magnitude_mask(w, s))
+    assert "inverted" in capsys.readouterr().out
+    assert not check_magnitude_mask(lambda w, s: score_mask(w, s))  # forgot abs()
+    assert "abs()" in capsys.readouterr().out
+
+    def floor_count(w, s):
+        mask = torch.ones(w.shape, dtype=torch.bool)
+        mask.view(-1)[torch.topk(w.abs().flatten(), int(s * w.numel()), largest=False).indices] = False
+        return mask
+
+    assert not check_magnitude_mask(floor_count)
+    assert "round(sparsity" in capsys.readouterr().out
+    assert not check_magnitude_mask(lambda w, s: magnitude_mask(w, s, scope="row"))
+    assert "every row" in capsys.readouterr().out
+
+
+def test_wanda_score_checker(capsys):
+    from course_lib.checks.pruning import check_wanda_score, reference_wanda_score
+
+    assert check_wanda_score(reference_wanda_score)
+    capsys.readouterr()
+    assert not check_wanda_score(lambda w, x: w * x.norm(dim=0))
+    assert "abs()" in capsys.readouterr().out
+    assert not check_wanda_score(lambda w, x: w.abs() * x.norm(dim=0)[:, None] if w.shape[0] == w.shape[1]
+                                 else reference_wanda_score(w, x))
+    assert "norms[None, :]" in capsys.readouterr().out
+    assert not check_wanda_score(lambda w, x: w.abs() * x.abs().mean(0))
+    assert "mean absolute" in capsys.readouterr().out
+    assert not check_wanda_score(lambda w, x: w.abs())
+    assert "input norms" in capsys.readouterr().out
+
+
+def test_nm_mask_checker(capsys):
+    from course_lib.checks.pruning import check_nm_mask, reference_nm_mask
+
+    assert check_nm_mask(reference_nm_mask)
+    capsys.readouterr()
+    assert not check_nm_mask(lambda s, n, m: nm_mask(-s, n, m))
+    assert "highest" in capsys.readouterr().out
+    assert not check_nm_mask(lambda s, n, m: ~nm_mask(s, n, m) if n * 4 == m else nm_mask(s, n, m))
+    assert "inverted" in capsys.readouterr().out  # 1:4 inverted keeps 3 of 4
+
+    def columns(s, n, m):
+        if s.shape[0] % m:
+            return nm_mask(s, n, m)
+        return nm_mask(s.T.contiguous(), n, m).T
+
+    assert not check_nm_mask(columns)
+    assert "along each row" in capsys.readouterr().out
+
+
+def test_prune_linear_layers_checker(capsys):
+    from course_lib.checks.pruning import check_prune_linear_layers, reference_prune_linear_layers
+
+    model = tiny_llama(vocab_size=VOCAB)
+    assert reference_prune_linear_layers(model, 0.5) is model
+    assert check_prune_linear_layers(reference_prune_linear_layers)
+    capsys.readouterr()
+
+    def article_bug(model, amount):  # the source article's mistake
+        for module in prunable_layers(model).values():
+            model = prune.l1_unstructured(module, name="weight", amount=amount)
+        return model
+
+    assert not check_prune_linear_layers(article_bug)
+    assert "one layer" in capsys.readouterr().out
+
+    def no_remove(model, amount):
+        for module in prunable_layers(model).values():
+            prune.l1_unstructured(module, name="weight", amount=amount)
+        return model
+
+    assert not check_prune_linear_layers(no_remove)
+    assert "prune.remove" in capsys.readouterr().out
+
+    def with_head(model, amount):
+        for module in linear_layers(model, exclude=()).values():
+            prune.l1_unstructured(module, name="weight", amount=amount)
+            prune.remove(module, "weight")
+        return model
+
+    assert not check_prune_linear_layers(with_head)
+    assert "lm_head" in capsys.readouterr().out

@@ -46,6 +46,16 @@ def test_mlp_scores_are_contribution_norms():
     assert torch.allclose(scores[1], expected, rtol=1e-4)
     weight = mlp_weight_scores(model)
     assert torch.allclose(weight[0], model.model.layers[0].mlp.down_proj.weight.norm(dim=0))
+    # precomputed norms of every linear layer give the same scores without a calibration pass
+    from course_lib.pruning import input_norms
+
+    norms = input_norms(model, blocks, progress=False)
+    again = mlp_neuron_scores(model, None, norms=norms)
+    assert all(torch.allclose(again[i], scores[i]) for i in scores)
+    with pytest.raises(ValueError, match="calib_blocks"):
+        mlp_neuron_scores(model, None)
+    with pytest.raises(ValueError, match="no entry"):
+        mlp_neuron_scores(model, None, norms={})
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -105,6 +115,10 @@ def test_head_scores_match_o_proj_columns():
     model = tiny_llama(vocab_size=VOCAB)  # 4 query heads of 16, 2 key-value heads
     scores = attention_head_scores(model, _blocks(), progress=False)
     assert scores[0].shape == (4,)
+    from course_lib.pruning import input_norms
+
+    again = attention_head_scores(model, None, norms=input_norms(model, _blocks(), progress=False))
+    assert all(torch.allclose(again[i], scores[i]) for i in scores)
     weight = attention_head_weight_scores(model)
     o = model.model.layers[0].self_attn.o_proj.weight
     assert torch.allclose(weight[0], torch.stack([o[:, h * 16:(h + 1) * 16].norm() for h in range(4)]))

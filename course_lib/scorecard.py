@@ -182,9 +182,12 @@ def pareto_front(df, x: str, y: str, x_larger_is_better: bool) -> list[int]:
     return front
 
 
-def pareto_plot(df, annotate: bool = True):
+def pareto_plot(df, annotate: bool = True, max_perplexity: float | None = None):
     """Two panels: footprint (MB) vs perplexity and tokens/s vs perplexity, Pareto fronts drawn.
 
+    Perplexity is on a log axis, capped at ``max_perplexity`` (default: 20 x the best one) so
+    that one broken model (perplexity 1e9 after removing the wrong layers) does not flatten the
+    plot: such points are drawn as triangles on the top edge, labelled with their real value.
     Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
@@ -192,19 +195,23 @@ def pareto_plot(df, annotate: bool = True):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     data = df.dropna(subset=["perplexity"]).copy()
     data["footprint_MB"] = data["footprint_bytes"] / 1e6
+    cap = max_perplexity or (20 * data["perplexity"].min() if len(data) else 1.0)
+    data["shown"] = data["perplexity"].clip(upper=cap)
     panels = [("footprint_MB", "footprint (MB, true)", False), ("tokens_per_s", "generation tokens/s", True)]
     for ax, (x, label, larger_better) in zip(axes, panels):
         for chapter, group in data.groupby("chapter"):
-            ax.scatter(group[x], group["perplexity"], label=chapter, s=40)
+            inside, above = group[group["perplexity"] <= cap], group[group["perplexity"] > cap]
+            points = ax.scatter(inside[x], inside["shown"], label=chapter, s=40)
+            ax.scatter(above[x], above["shown"], marker="^", s=60, color=points.get_facecolor()[0]
+                       if len(inside) else None)
             if annotate:
                 for _, r in group.iterrows():
                     if r[x] == r[x]:  # not NaN
-                        ax.annotate(r["name"], (r[x], r["perplexity"]), fontsize=7,
-                                    xytext=(3, 3), textcoords="offset points")
+                        text = r["name"] if r["perplexity"] <= cap else f"{r['name']} (ppl {r['perplexity']:.3g})"
+                        ax.annotate(text, (r[x], r["shown"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = data.loc[pareto_front(data, x, "perplexity", larger_better)].sort_values(x)
         if len(front) > 1:
-            ax.step(front[x], front["perplexity"], where="post", color="grey", lw=1, ls="--",
-                    label="Pareto front")
+            ax.step(front[x], front["shown"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
         ax.set_xlabel(label)
         ax.set_ylabel("validation perplexity (lower is better)")
         ax.set_yscale("log")

@@ -61,3 +61,13 @@ def test_pareto_plot_draws_two_panels(results_tmp):
     fig = pareto_plot(load_records("smoke"))
     assert len(fig.axes) == 2
     assert fig.axes[0].get_xlabel().startswith("footprint")
+
+
+def test_pareto_plot_caps_broken_models(results_tmp):
+    for rec in (_record("good", 25.0, 500, 10), _record("broken", 2e9, 400, 12)):
+        save_record(rec)
+    fig = pareto_plot(load_records("smoke"))
+    ymax = fig.axes[0].get_ylim()[1]
+    assert ymax < 1e4  # the broken model does not stretch the axis to 1e9
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert any("broken (ppl 2e+09)" in t for t in labels)

@@ -1,0 +1,291 @@
+"""Knowledge distillation: train a small student to match a large teacher's next-token distribution.
+
+Soft targets at temperature ``T``: ``p_T = softmax(z / T)`` (``T > 1`` flattens the distribution,
+``T < 1`` sharpens it). The loss of Hinton et al. (2015), per predicted token, averaged over the
+tokens that have a label:
+
+    L = alpha * CE(student, labels) + (1 - alpha) * T**2 * KL( p_teacher,T || p_student,T )
+
+    KL(p || q) = sum_v p_v * (log p_v - log q_v)
+
+The ``T**2`` keeps the soft term's gradients the same size whatever ``T`` (they scale as 1/T^2).
+Forward KL (teacher first) is *mean-seeking*: the student must put mass wherever the teacher
+does. Reverse KL, ``KL(p_student || p_teacher)`` (``reverse=True``), is *mode-seeking*: the
+student may ignore some of the teacher's options but is punished for mass where the teacher has
+none (used by MiniLLM, Gu et al. 2024).
+
+Two ways to train with it, same loss:
+
+* :func:`distillation_loss_fn` plugs into the course's plain loop ``course_lib.training.train``;
+* :class:`DistillationTrainer` is a ``transformers.Trainer`` whose ``compute_loss`` runs the
+  teacher and returns this loss.
+
+Measurements: :func:`top1_predictions` and :func:`top1_agreement` (how often the student's most
+likely next token is the teacher's), and :func:`teacher_samples` for sequence-level distillation
+(train on text the teacher wrote).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .device import model_device
+
+SIZES = {
+    # steps, batch size and learning rates (depth student; small fresh student) of every training
+    # run; the distillation loss's settings; layers removed for the depth student; the small
+    # student's shape; Trainer demo steps; sequence-level distillation: teacher samples, prompt
+    # and new tokens; temperatures of the soft-target plot
+    "smoke": {"steps": 2, "batch_size": 2, "lr": 2e-4, "small_lr": 3e-3, "temperature": 1.0, "alpha": 0.0,
+              "remove_layers": 10, "small_layers": 2, "small_hidden": 128, "trainer_steps": 2,
+              "seq_samples": 4, "seq_prompt_tokens": 8, "seq_new_tokens": 8, "temperatures": [0.5, 1.0, 2.0, 4.0]},
+    "cpu": {"steps": 24, "batch_size": 4, "lr": 2e-4, "small_lr": 3e-3, "temperature": 1.0, "alpha": 0.0,
+            "remove_layers": 10, "small_layers": 6, "small_hidden": 192, "trainer_steps": 8,
+            "seq_samples": 24, "seq_prompt_tokens": 16, "seq_new_tokens": 64, "temperatures": [0.5, 1.0, 2.0, 4.0]},
+    "gpu": {"steps": 1500, "batch_size": 16, "lr": 1e-4, "small_lr": 1e-3, "temperature": 1.0, "alpha": 0.0,
+            "remove_layers": 10, "small_layers": 6, "small_hidden": 192, "trainer_steps": 50,
+            "seq_samples": 512, "seq_prompt_tokens": 16, "seq_new_tokens": 112, "temperatures": [0.5, 1.0, 2.0, 4.0]},
+}
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (it divides the logits), got {temperature}. "
+                         "Use 1 for the model's own distribution, > 1 for softer targets.")
+
+
+def _check_vocab(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(
+            f"Teacher and student vocabularies differ: the teacher's logits have "
+            f"{teacher_logits.shape[-1]} entries per token, the student's {student_logits.shape[-1]}. "
+            "Logit distillation needs one shared tokenizer: build the student with the teacher's "
+            "vocab_size and tokenizer.")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"Teacher and student logits must have the same shape [batch, seq, vocab], got "
+                         f"{tuple(teacher_logits.shape)} and {tuple(student_logits.shape)}.")
+
+
+def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / T)`` over the last dimension, in float32. Raises ValueError if T <= 0."""
+    _check_temperature(temperature)
+    return F.softmax(logits.float() / temperature, dim=-1)
+
+
+def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0,
+                  reverse: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over positions of ``KL(p_teacher || p_student)`` at temperature T (``reverse``: the other way).
+
+    ``KL(p || q) = sum_v p_v (log p_v - log q_v)``, summed over the vocabulary, then averaged over
+    the positions where ``mask`` is True (all positions when None). Computed in float32.
+    """
+    _check_temperature(temperature)
+    _check_vocab(student_logits, teacher_logits)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if reverse:
+        log_p, log_q = log_s, log_t
+    else:
+        log_p, log_q = log_t, log_s
+    per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if mask is None:
+        return per_position.mean()
+    if mask.shape != per_position.shape:
+        raise ValueError(f"mask must have shape {tuple(per_position.shape)}, got {tuple(mask.shape)}.")
+    if not mask.any():
+        raise ValueError("mask selects no position: nothing to distil.")
+    return per_position[mask].mean()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float = 1.0, alpha: float = 0.0, reverse: bool = False) -> torch.Tensor:
+    """``alpha * CE(student, labels) + (1 - alpha) * T**2 * KL(p_teacher,T || p_student,T)``.
+
+    Causal LM convention: the logits at position t predict ``labels[t + 1]``, so both terms use
+    ``logits[:, :-1]`` and ``labels[:, 1:]``; positions whose label is -100 are left out of both.
+    Both terms are means over the same predicted tokens.
+
+    Raises:
+        ValueError: temperature <= 0, alpha outside [0, 1], different vocabularies or shapes,
+            or labels that do not match the logits' batch and sequence shape.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha weighs cross-entropy against distillation and must be in [0, 1], got {alpha}.")
+    _check_temperature(temperature)
+    _check_vocab(student_logits, teacher_logits)
+    if labels.shape != student_logits.shape[:2]:
+        raise ValueError(f"labels must have shape {tuple(student_logits.shape[:2])} (batch, seq), "
+                         f"got {tuple(labels.shape)}.")
+    s, t, y = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+    mask = y != -100
+    loss = torch.zeros((), device=student_logits.device)
+    if alpha > 0:
+        loss = loss + alpha * F.cross_entropy(s.float().reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=-100)
+    if alpha < 1:
+        loss = loss + (1 - alpha) * temperature ** 2 * kl_divergence(t, s, temperature, reverse, mask)
+    return loss
+
+
+def check_same_vocabulary(teacher, student) -> None:
+    """Raise ValueError unless teacher and student score the same vocabulary (same output size)."""
+    sizes = [m.get_output_embeddings().weight.shape[0] for m in (teacher, student)]
+    if sizes[0] != sizes[1]:
+        raise ValueError(f"Teacher and student vocabularies differ ({sizes[0]} vs {sizes[1]} output "
+                         "tokens). Logit distillation needs one shared tokenizer: build the student "
+                         "from the teacher's config (same vocab_size) and use the teacher's tokenizer.")
+
+
+def _teacher_logits(teacher, batch: dict) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        return teacher(**inputs).logits
+
+
+def distillation_loss_fn(teacher, temperature: float = 1.0, alpha: float = 0.0, reverse: bool = False):
+    """A ``loss_fn(student, batch)`` for ``course_lib.training.train`` that distils ``teacher``.
+
+    The teacher runs under ``torch.no_grad()`` in eval mode on the same batch; its weights never
+    change. Raises ValueError on bad settings (checked now, not at the first step).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    _check_temperature(temperature)
+    teacher.eval()
+
+    def loss_fn(student, batch: dict) -> torch.Tensor:
+        student_logits = student(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return distillation_loss(student_logits, _teacher_logits(teacher, batch), batch["labels"],
+                                 temperature, alpha, reverse)
+
+    return loss_fn
+
+
+def _trainer_base():
+    from transformers import Trainer
+
+    return Trainer
+
+
+class DistillationTrainer(_trainer_base()):
+    """A ``transformers.Trainer`` that trains ``model`` (the student) with :func:`distillation_loss`.
+
+    ``DistillationTrainer(model=student, args=..., train_dataset=..., teacher_model=teacher,
+    temperature=1.0, alpha=0.0)``. The teacher is put in eval mode (and on the student's device)
+    and runs without gradients; the batches need ``input_ids`` and ``labels``.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(self, *args, teacher_model=None, temperature: float = 1.0, alpha: float = 0.0,
+                 reverse: bool = False, **kwargs):
+        if teacher_model is None:
+            raise ValueError("DistillationTrainer needs teacher_model=<the teacher model>.")
+        super().__init__(*args, **kwargs)
+        check_same_vocabulary(teacher_model, self.model)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+        _check_temperature(temperature)
+        self.teacher = teacher_model.eval()
+        if model_device(self.teacher) != self.args.device:
+            self.teacher.to(self.args.device)
+        self.temperature, self.alpha, self.reverse = temperature, alpha, reverse
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The distillation loss of one batch (``num_items_in_batch`` unused: the loss is a mean)."""
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = distillation_loss(outputs.logits, _teacher_logits(self.teacher, inputs), labels,
+                                 self.temperature, self.alpha, self.reverse)
+        return (loss, outputs) if return_outputs else loss
+
+
+def blocks_dataset(blocks: torch.Tensor) -> list[dict]:
+    """Token blocks as a list of examples (``input_ids``, ``attention_mask``, ``labels``) for a Trainer."""
+    if blocks.ndim != 2 or len(blocks) == 0:
+        raise ValueError(f"blocks must be a non-empty [n_blocks, block_size] tensor, got {tuple(blocks.shape)}.")
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in blocks]
+
+
+def trainer_arguments(output_dir: str, steps: int, lr: float, batch_size: int, warmup_steps: int = 0,
+                      seed: int = 0, **overrides):
+    """``TrainingArguments`` matching ``course_lib.training.train``: AdamW, linear warm-up and decay,
+    gradient clipping at 1, no weight decay, a loss logged every step, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"Need steps >= 1, batch_size >= 1 and lr > 0; got {steps}, {batch_size}, {lr}.")
+    settings = dict(output_dir=output_dir, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size,
+                    lr_scheduler_type="linear", warmup_steps=warmup_steps, weight_decay=0.0,
+                    max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
+                    report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0,
+                    use_cpu=_on_cpu())
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def _on_cpu() -> bool:
+    from .device import pick_device
+
+    return pick_device().type == "cpu"
+
+
+def logged_losses(trainer) -> list[float]:
+    """The training losses a Trainer logged, in order (one per logging step)."""
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@torch.no_grad()
+def top1_predictions(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
+    """The model's most likely next token at every position but the last: ``[n_blocks, block_size - 1]``."""
+    if blocks.ndim != 2 or blocks.shape[1] < 2:
+        raise ValueError(f"blocks must be a [n_blocks, block_size >= 2] tensor, got {tuple(blocks.shape)}.")
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    out = []
+    starts = range(0, len(blocks), batch_size)
+    for start in tqdm(starts, desc="top-1", disable=not progress or len(starts) < 2, leave=False):
+        logits = model(input_ids=blocks[start:start + batch_size].to(device)).logits
+        out.append(logits[:, :-1].argmax(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def top1_agreement(predictions: torch.Tensor, reference: torch.Tensor) -> float:
+    """Fraction of positions where two token-id tensors agree, e.g. student vs teacher top-1.
+
+    With ``reference = blocks[:, 1:]`` it is the next-token accuracy.
+    """
+    if predictions.shape != reference.shape:
+        raise ValueError(f"Shapes differ: {tuple(predictions.shape)} vs {tuple(reference.shape)}.")
+    return (predictions == reference).float().mean().item()
+
+
+@torch.no_grad()
+def teacher_samples(teacher, prompts: torch.Tensor, new_tokens: int, batch_size: int = 8,
+                    temperature: float = 1.0, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Sequence-level distillation data: each prompt continued by ``new_tokens`` tokens *sampled*
+    from the teacher at ``temperature`` (``[n, prompt_len + new_tokens]`` token ids).
+
+    Training a student with cross-entropy on these samples minimises, in expectation, the forward
+    KL from the teacher's sequence distribution (Kim and Rush, 2016, used beam search instead).
+    """
+    _check_temperature(temperature)
+    if new_tokens < 1 or prompts.ndim != 2:
+        raise ValueError(f"Need new_tokens >= 1 and prompts of shape [n, prompt_len]; got {new_tokens}, "
+                         f"{tuple(prompts.shape)}.")
+    torch.manual_seed(seed)
+    teacher.eval()
+    device = model_device(teacher)
+    out = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="teacher samples", disable=not progress or len(starts) < 2, leave=False):
+        batch = prompts[start:start + batch_size].to(device)
+        generated = teacher.generate(input_ids=batch, attention_mask=torch.ones_like(batch),
+                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                     pad_token_id=teacher.config.eos_token_id)
+        out.append(generated.cpu())
+    return torch.cat(out)

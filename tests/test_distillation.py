@@ -1,0 +1,213 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.distillation import (SIZES, DistillationTrainer, blocks_dataset, check_same_vocabulary,
+                                     distillation_loss, distillation_loss_fn, kl_divergence, logged_losses,
+                                     soft_targets, teacher_samples, top1_agreement, top1_predictions,
+                                     trainer_arguments)
+from course_lib.profiles import sizes_for
+from course_lib.tiny_models import tiny_gpt2, tiny_llama
+from course_lib.training import block_batches, train
+
+
+def _logits(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_soft_targets_and_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    p1, p4 = soft_targets(logits, 1.0), soft_targets(logits, 4.0)
+    assert torch.allclose(p1, F.softmax(logits, -1)) and p1.sum().item() == pytest.approx(1.0)
+    entropy = lambda p: -(p * p.log()).sum().item()  # noqa: E731
+    assert entropy(p4) > entropy(p1) > entropy(soft_targets(logits, 0.5))
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            soft_targets(logits, bad)
+
+
+def test_kl_divergence_by_hand_forward_and_reverse():
+    t, s = _logits(2, 3, 5, seed=1), _logits(2, 3, 5, seed=2)
+    p, q = F.softmax(t / 2, -1), F.softmax(s / 2, -1)
+    forward = (p * (p.log() - q.log())).sum(-1).mean()
+    reverse = (q * (q.log() - p.log())).sum(-1).mean()
+    assert kl_divergence(t, s, 2.0).item() == pytest.approx(forward.item(), rel=1e-5)
+    assert kl_divergence(t, s, 2.0, reverse=True).item() == pytest.approx(reverse.item(), rel=1e-5)
+    assert forward.item() != pytest.approx(reverse.item())
+    assert kl_divergence(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    mask = torch.tensor([[True, False, False], [False, False, True]])
+    by_hand = (p * (p.log() - q.log())).sum(-1)[mask].mean()
+    assert kl_divergence(t, s, 2.0, mask=mask).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="selects no position"):
+        kl_divergence(t, s, mask=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        kl_divergence(t, s, mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+def test_distillation_loss_formula():
+    student, teacher = _logits(2, 6, 7, seed=3), _logits(2, 6, 7, seed=4)
+    labels = torch.randint(0, 7, (2, 6), generator=torch.Generator().manual_seed(5))
+    labels[0, :3] = -100  # e.g. a prompt that is not scored
+    T, alpha = 2.0, 0.3
+    y = labels[:, 1:]
+    mask = y != -100
+    ce = F.cross_entropy(student[:, :-1].reshape(-1, 7), y.reshape(-1), ignore_index=-100)
+    p, log_q = F.softmax(teacher[:, :-1] / T, -1), F.log_softmax(student[:, :-1] / T, -1)
+    kl = (p * (p.log() - log_q)).sum(-1)[mask].mean()
+    expected = alpha * ce + (1 - alpha) * T ** 2 * kl
+    assert distillation_loss(student, teacher, labels, T, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(student, teacher, labels, T, 1.0).item() == pytest.approx(ce.item(), rel=1e-5)
+    assert distillation_loss(teacher, teacher, labels, T, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_loss_rejects_bad_input():
+    student, teacher, labels = _logits(1, 4, 7), _logits(1, 4, 7), torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        distillation_loss(student, teacher, labels, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_loss(student, teacher, labels, alpha=1.5)
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        distillation_loss(student, _logits(1, 4, 9), labels)
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(student, _logits(1, 5, 7), labels)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        distillation_loss(student, teacher, labels[:, :3])
+
+
+def test_check_same_vocabulary():
+    check_same_vocabulary(tiny_llama(vocab_size=100), tiny_gpt2(vocab_size=100))
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        check_same_vocabulary(tiny_llama(vocab_size=100), tiny_llama(vocab_size=120))
+
+
+def test_plain_loop_distillation_pulls_the_student_towards_the_teacher():
+    torch.manual_seed(0)
+    teacher = tiny_llama(vocab_size=64, hidden_size=64, num_layers=2, seed=1)
+    student = tiny_llama(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                         intermediate_size=64, seed=2)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    blocks = torch.randint(0, 64, (8, 16))
+    loss_fn = distillation_loss_fn(teacher, temperature=1.0, alpha=0.0)
+    before = loss_fn(student, next(block_batches(blocks, 8))).item()
+    result = train(student, block_batches(blocks, 4), steps=40, lr=3e-3, loss_fn=loss_fn, progress=False)
+    after = loss_fn(student, next(block_batches(blocks, 8))).item()
+    assert after < 0.5 * before and len(result.losses) == 40
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss_fn(teacher, temperature=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_loss_fn(teacher, alpha=-0.1)
+
+
+def test_distillation_trainer_runs_and_computes_the_same_loss(tmp_path):
+    teacher = tiny_llama(vocab_size=64, seed=1)
+    student = tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    blocks = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    dataset = blocks_dataset(blocks)
+    assert set(dataset[0]) == {"input_ids", "attention_mask", "labels"} and len(dataset) == 8
+    args = trainer_arguments(str(tmp_path), steps=6, lr=3e-3, batch_size=4, disable_tqdm=True)
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=dataset, teacher_model=teacher,
+                                  temperature=2.0, alpha=0.5)
+    batch = {k: torch.stack([d[k] for d in dataset[:4]]) for k in dataset[0]}
+    expected = distillation_loss(student(input_ids=batch["input_ids"]).logits,
+                                 teacher(input_ids=batch["input_ids"]).logits, batch["labels"], 2.0, 0.5)
+    assert trainer.compute_loss(student, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    loss, outputs = trainer.compute_loss(student, batch, return_outputs=True)
+    assert outputs.logits.shape == (4, 16, 64)
+    trainer.train()
+    losses = logged_losses(trainer)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def test_distillation_trainer_rejects_bad_setups(tmp_path):
+    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2)
+    student = tiny_llama(vocab_size=64)
+    with pytest.raises(ValueError, match="teacher_model"):
+        DistillationTrainer(model=student, args=args)
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        DistillationTrainer(model=student, args=args, teacher_model=tiny_llama(vocab_size=80))
+    with pytest.raises(ValueError, match="temperature"):
+        DistillationTrainer(model=student, args=args, teacher_model=tiny_llama(vocab_size=64), temperature=0)
+    with pytest.raises(ValueError, match="steps"):
+        trainer_arguments(str(tmp_path), steps=0, lr=1e-3, batch_size=2)
+    with pytest.raises(ValueError, match="non-empty"):
+        blocks_dataset(torch.zeros(0, 3, dtype=torch.long))
+
+
+def test_top1_predictions_and_agreement():
+    model = tiny_llama(vocab_size=50)
+    blocks = torch.randint(0, 50, (5, 9), generator=torch.Generator().manual_seed(0))
+    preds = top1_predictions(model, blocks, batch_size=2, progress=False)
+    with torch.no_grad():
+        expected = model(input_ids=blocks).logits[:, :-1].argmax(-1)
+    assert torch.equal(preds, expected)
+    assert top1_agreement(preds, preds) == 1.0
+    other = preds.clone()
+    other[0, :4] = (other[0, :4] + 1) % 50
+    assert top1_agreement(other, preds) == pytest.approx(1 - 4 / preds.numel())
+    assert 0 <= top1_agreement(preds, blocks[:, 1:]) <= 1  # next-token accuracy
+    with pytest.raises(ValueError, match="Shapes differ"):
+        top1_agreement(preds, blocks)
+    with pytest.raises(ValueError, match="block_size >= 2"):
+        top1_predictions(model, blocks[:, :1])
+
+
+def test_teacher_samples_continue_the_prompts():
+    teacher = tiny_llama(vocab_size=50)
+    prompts = torch.randint(0, 50, (3, 4), generator=torch.Generator().manual_seed(0))
+    samples = teacher_samples(teacher, prompts, new_tokens=5, batch_size=2, seed=1, progress=False)
+    assert samples.shape == (3, 9) and torch.equal(samples[:, :4], prompts)
+    assert torch.equal(samples, teacher_samples(teacher, prompts, 5, batch_size=2, seed=1, progress=False))
+    with pytest.raises(ValueError, match="temperature"):
+        teacher_samples(teacher, prompts, 5, temperature=0)
+    with pytest.raises(ValueError, match="new_tokens"):
+        teacher_samples(teacher, prompts, 0)
+
+
+def test_sizes_table_is_complete():
+    for profile in ("smoke", "cpu", "gpu"):
+        sizes = sizes_for(SIZES, profile)
+        assert sizes.steps >= 1 and sizes.temperature > 0 and 0 <= sizes.alpha <= 1
+        assert math.isfinite(sizes.lr)
+
+
+# --------------------------------------------------------------------------- exercise checkers
+
+from course_lib.checks.distillation import (check_distillation_loss, check_soft_targets,  # noqa: E402
+                                            reference_distillation_loss, reference_soft_targets)
+
+
+def test_soft_targets_checker(capsys):
+    assert check_soft_targets(reference_soft_targets)
+    assert "✅" in capsys.readouterr().out
+    assert not check_soft_targets(lambda z, t: F.softmax(z * t, -1))
+    assert "you multiplied" in capsys.readouterr().out
+    assert not check_soft_targets(lambda z, t: z / t)
+    assert "apply softmax" in capsys.readouterr().out
+
+
+def _loss_without(student, teacher, labels, t, alpha, **skip):
+    s, te, y = student[:, :-1], teacher[:, :-1], labels[:, 1:]
+    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=-100)
+    kl = kl_divergence(te, s, t, reverse=skip.get("reverse", False), mask=y != -100)
+    return alpha * ce + (1 - alpha) * (1 if skip.get("no_t2") else t ** 2) * kl
+
+
+def test_distillation_loss_checker(capsys):
+    assert check_distillation_loss(reference_distillation_loss)
+    assert "✅" in capsys.readouterr().out
+    assert check_distillation_loss(_loss_without)  # an independent correct version passes
+    capsys.readouterr()
+    assert not check_distillation_loss(lambda *a: _loss_without(*a, no_t2=True))
+    assert "T**2" in capsys.readouterr().out
+    assert not check_distillation_loss(lambda *a: _loss_without(*a, reverse=True))
+    assert "reverse KL" in capsys.readouterr().out
+
+    def unshifted(student, teacher, labels, t, alpha):
+        pad = lambda x: torch.cat([x, x[:, :1]], 1)  # noqa: E731
+        return _loss_without(pad(student), pad(teacher), torch.cat([labels[:, :1], labels], 1), t, alpha)
+
+    assert not check_distillation_loss(unshifted)
+    assert "logits[:, :-1]" in capsys.readouterr().out

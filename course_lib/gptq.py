@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .device import model_device
 from .layers import decoder_layers, linear_layers, linear_weight, set_linear_weight
 from .quantization import _check_bits, _check_float, _check_group, make_grid
 
@@ -61,18 +62,18 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         raise ValueError(f"block_size={block_size} must be a multiple or a divisor of group_size={group}.")
 
     W = weight.detach().float().clone()
-    H = hessian.detach().double().clone()
+    H = hessian.detach().to(W.device, torch.float64).clone()
     dead = torch.diag(H) == 0  # inputs that were always zero: their weights do not matter
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(columns, dtype=H.dtype)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(columns, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
 
     Q = torch.zeros_like(W)
     grid = None
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
-        W1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1), Hinv[i1:i2, i1:i2]
+        W1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1, device=W.device), Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             column = i1 + i
             if column % group == 0:  # a new group starts: its scale from its current weights
@@ -107,10 +108,11 @@ def _first_layer_inputs(model: nn.Module, blocks: torch.Tensor, batch_size: int)
         raise _StopForward
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    device = model_device(model)
     try:
         for start in range(0, len(blocks), batch_size):
             try:
-                model(input_ids=blocks[start:start + batch_size], use_cache=False)
+                model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
             except _StopForward:
                 pass
     finally:

@@ -192,8 +192,12 @@ def test_packed_footprint_of_a_fake_quantized_model():
     model = tiny_llama(vocab_size=300)
     weights = sum(linear_weight(m).numel() for m in linear_layers(model).values())
     full = footprint_bytes(model)
-    assert packed_footprint_bytes(model, 32) == full
-    assert packed_footprint_bytes(model, 4) == full - weights * 4 + weights // 2
+    assert packed_footprint_bytes(model, 32, group_size=1, scale_bits=0) == full
+    assert packed_footprint_bytes(model, 4, 32, scale_bits=16) == full - weights * 4 + weights * 4.5 / 8
+    rows = sum(linear_weight(m).shape[0] for m in linear_layers(model).values())  # per channel: a scale per row
+    assert packed_footprint_bytes(model, 8) == full - weights * 4 + weights + rows * 2
+    with pytest.raises(ValueError, match="positive"):
+        packed_footprint_bytes(model, 0)
 
 
 def test_linear_bits_per_weight_float_and_bitsandbytes():
@@ -269,6 +273,9 @@ def test_static_quantize_linears_prepare_calibrate_convert():
     assert isinstance(model.get_submodule(names[0]), nn.Linear)  # the caller's model is untouched
     base, quant = perplexity(model, blocks, progress=False), perplexity(qmodel, blocks, progress=False)
     assert abs(quant - base) / base < 0.05
+    uncalibrated = static_quantize_linears(model, names, None, progress=False)  # the article's mistake
+    assert uncalibrated.get_submodule(names[0])[0].scale.item() == 1.0  # observers saw nothing: default scale
+    assert wrapped[0].scale.item() < 0.5  # calibrated: fitted to the real input range
     with pytest.raises(ValueError, match="names is empty"):
         static_quantize_linears(model, [], blocks)
     with pytest.raises(ValueError, match="nn.Linear"):

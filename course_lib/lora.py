@@ -1,0 +1,316 @@
+"""LoRA: train a small low-rank update of frozen weights instead of the weights themselves.
+
+A linear layer ``y = x W^T`` with ``W`` of shape ``[out, in]`` is fine-tuned as
+
+    W' = W + (alpha / r) * B @ A,      A: [r, in],  B: [out, r],  r << min(in, out)
+
+``W`` stays frozen; only ``A`` and ``B`` train: ``r * (in + out)`` parameters instead of
+``in * out``. ``B`` starts at zero, so the model is exactly the pre-trained one at step 0 and the
+update grows from there; ``A`` starts random (Kaiming-uniform, as in peft) so that the gradient
+of ``B`` is not zero too. ``alpha / r`` keeps the size of the update comparable when ``r`` changes.
+
+* :class:`LoRALinear`: the layer written from scratch (the lesson compares it with peft's).
+* :func:`lora_config` / :func:`add_lora_`: peft's ``LoraConfig`` and ``get_peft_model`` with the
+  course's checks (rank, target names, GPT-2's ``Conv1D`` needs ``fan_in_fan_out=True``).
+* :func:`lora_parameter_table`: ``W`` against ``A`` and ``B`` for every projection.
+* :func:`trainable_parameters`, :func:`folder_size_bytes`, :func:`max_abs_logit_difference`.
+
+Training and comparing runs (:func:`fine_tune`, QLoRA, the sweep) are in
+:mod:`course_lib.lora_training`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .layers import is_linear, linear_layers, linear_weight
+
+# Chapter 05 sizes. Steps and batch are shared by LoRA, full fine-tuning and QLoRA (same budget).
+SIZES = {
+    "smoke": {"n_train": 64, "steps": 2, "batch_size": 2, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 2,
+              "sweep_ranks": [2, 8], "sweep_lrs": [2e-4, 2e-3], "sweep_steps": 1, "sweep_eval": 4},
+    "cpu": {"n_train": 1000, "steps": 30, "batch_size": 4, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 20,
+            "sweep_ranks": [2, 16], "sweep_lrs": [2e-4, 2e-3, 2e-2], "sweep_steps": 6, "sweep_eval": 16},
+    "gpu": {"n_train": 4000, "steps": 300, "batch_size": 16, "lr": 2e-3, "full_lr": 2e-5, "numbers_steps": 300,
+            "sweep_ranks": [2, 8, 32], "sweep_lrs": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "sweep_steps": 100,
+            "sweep_eval": 300},
+}
+
+# The original LoRA paper adapts the query and value projections; "attention" means all four.
+TARGET_PRESETS = {
+    "q,v": {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)},
+    "attention": {"llama": ("q_proj", "k_proj", "v_proj", "o_proj"), "gpt2": ("c_attn",)},
+}
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update, written from scratch:
+
+        y = x W^T + b + (alpha / r) * dropout(x) A^T B^T
+
+    ``A`` ([r, in]) starts Kaiming-uniform (``a = sqrt(5)``, as ``nn.Linear`` and peft do), ``B``
+    ([out, r]) starts at zero, so at initialisation the layer computes exactly ``base(x)``.
+    The base layer is used, not copied: its parameters are set to ``requires_grad=False``.
+
+    Raises:
+        ValueError: ``base`` is not an ``nn.Linear``, or ``r`` or ``alpha`` is not positive.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+        _check_rank(r)
+        if not alpha > 0:
+            raise ValueError(f"lora alpha must be positive, got {alpha}.")
+        self.base, self.r, self.alpha = base, r, alpha
+        self.scaling = alpha / r
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.dropout(x) @ self.A.T @ self.B.T) * self.scaling
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W + (alpha / r) * B @ A``: one weight that computes the same as base plus update."""
+        return self.base.weight + self.scaling * (self.B @ self.A)
+
+
+def _check_rank(r) -> None:
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise ValueError(f"LoRA rank r must be a positive integer (e.g. 8), got {r!r}.")
+
+
+def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
+    """Parameters LoRA trains for one ``[out, in]`` weight: ``r * in`` (A) + ``out * r`` (B)."""
+    _check_rank(r)
+    return r * (in_features + out_features)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _architecture(model: nn.Module) -> str:
+    from transformers.pytorch_utils import Conv1D
+
+    return "gpt2" if any(isinstance(m, Conv1D) for m in model.modules()) else "llama"
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct short names of a model's linear layers (``q_proj``, ``c_attn``, ``lm_head``...)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear(m) and name})
+
+
+def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
+    """Module names LoRA adapts: a preset (``"q,v"``, ``"attention"``, ``"all-linear"``) or names.
+
+    ``"all-linear"`` is every linear layer except the output head (with tied embeddings the head
+    *is* the embedding matrix), as in peft. Names match a module whose name equals them or ends
+    with ``"." + name``, as in peft.
+
+    Raises:
+        ValueError: a name matches no linear layer (the message lists the model's linear layer
+            names), or the preset is unknown.
+    """
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return sorted({n.rsplit(".", 1)[-1] for n in linear_layers(model)})
+        if targets in TARGET_PRESETS:
+            return list(TARGET_PRESETS[targets][_architecture(model)])
+        raise ValueError(f"Unknown target preset {targets!r}; use one of "
+                         f"{sorted(TARGET_PRESETS) + ['all-linear']} or a list of module names.")
+    targets = list(targets)
+    if not targets:
+        raise ValueError("targets is empty: name at least one linear layer, e.g. ['q_proj', 'v_proj'].")
+    names = [name for name, m in model.named_modules() if is_linear(m)]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise ValueError(
+                f"Target module {target!r} matches no linear layer of {type(model).__name__}. "
+                f"Its linear layer names are: {', '.join(linear_module_names(model))}."
+            )
+    return targets
+
+
+# --------------------------------------------------------------------------- peft
+
+
+def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", dropout: float = 0.0):
+    """A peft ``LoraConfig`` for ``model`` (causal LM), after checking every argument.
+
+    ``scaling = alpha / r``. For GPT-2 (``Conv1D`` layers, weight stored ``[in, out]``) it sets
+    ``fan_in_fan_out=True`` so that peft transposes correctly; for ``nn.Linear`` models False.
+
+    Raises:
+        ValueError: ``r`` not a positive integer, ``alpha`` not positive, ``dropout`` outside
+            [0, 1), or a target that matches nothing (see :func:`resolve_targets`).
+    """
+    from peft import LoraConfig
+
+    _check_rank(r)
+    if not alpha > 0:
+        raise ValueError(f"lora alpha must be positive, got {alpha}.")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout must be in [0, 1), got {dropout}.")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=resolve_targets(model, targets),
+                      fan_in_fan_out=_architecture(model) == "gpt2", task_type="CAUSAL_LM")
+
+
+def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed: int | None = None,
+              **config_kwargs):
+    """Wrap ``model`` in a peft ``PeftModel`` with a new LoRA adapter, **modifying it in place**.
+
+    peft replaces the targeted layers inside ``model`` by LoRA layers and freezes everything
+    else; pass ``copy.deepcopy(model)`` to keep the original. ``config`` is a ``LoraConfig``
+    (default: ``lora_config(model, **config_kwargs)``). ``seed`` seeds torch first, so that the
+    random initialisation of ``A`` is the same on every run.
+
+    Raises:
+        ValueError: a quantized model on a device bitsandbytes does not support, or the
+            config's errors (see :func:`lora_config`).
+    """
+    from peft import get_peft_model
+
+    from .device import model_device
+    from .models import check_quantization_supported
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        check_quantization_supported("nf4" if getattr(model, "is_loaded_in_4bit", False) else "int8",
+                                     model_device(model))
+    if config is None:
+        config = lora_config(model, **config_kwargs)
+    elif config_kwargs:
+        raise ValueError("Give either a LoraConfig or keyword arguments for lora_config, not both.")
+    else:
+        resolve_targets(model, list(config.target_modules))
+        _check_rank(config.r)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+# --------------------------------------------------------------------------- counting and comparing
+
+
+def lora_parameter_table(model: nn.Module, r: int = 8, targets="all-linear"):
+    """Per kind of projection: the shape of ``W`` (``[out, in]``), its parameters, LoRA's
+    ``r * (in + out)``, the ratio, and how many layers have it. A pandas DataFrame with a total row.
+    """
+    import pandas as pd
+
+    names = resolve_targets(model, targets)
+    rows: dict[str, dict] = {}
+    for full_name, module in model.named_modules():
+        short = full_name.rsplit(".", 1)[-1]
+        if not is_linear(module) or short not in names:
+            continue
+        out_f, in_f = linear_weight(module).shape
+        row = rows.setdefault(short, {"projection": short, "W shape [out, in]": f"{out_f} x {in_f}",
+                                      "W params": out_f * in_f, "A + B params": lora_parameter_count(in_f, out_f, r),
+                                      "layers": 0})
+        row["layers"] += 1
+    table = pd.DataFrame(list(rows.values()))
+    table["LoRA / W"] = (table["A + B params"] / table["W params"]).map(lambda v: f"{v:.2%}")
+    total = {"projection": "total", "W shape [out, in]": "", "layers": int(table["layers"].sum()),
+             "W params": int((table["W params"] * table["layers"]).sum()),
+             "A + B params": int((table["A + B params"] * table["layers"]).sum())}
+    total["LoRA / W"] = f"{total['A + B params'] / total['W params']:.2%}"
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+def trainable_parameters(model: nn.Module) -> dict:
+    """``{"trainable", "total", "percent"}``: parameters with ``requires_grad`` and all parameters,
+    each distinct tensor counted once (a 4-bit bitsandbytes weight counts its packed bytes, as in
+    peft's ``print_trainable_parameters``, so use it on float models for parameter counts)."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"trainable": trainable, "total": total, "percent": 100 * trainable / total if total else 0.0}
+
+
+def folder_size_bytes(path: str | Path) -> int:
+    """Bytes of all files under ``path`` (a file: its size)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; save the model or adapter there first.")
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@torch.no_grad()
+def max_abs_logit_difference(model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tensor) -> float:
+    """``max |logits_a - logits_b|`` over every position and vocabulary entry, in eval mode."""
+    from .device import model_device
+
+    outputs = []
+    for model in (model_a, model_b):
+        was_training = model.training
+        model.eval()
+        outputs.append(model(input_ids=input_ids.to(model_device(model))).logits.float().cpu())
+        model.train(was_training)
+    return (outputs[0] - outputs[1]).abs().max().item()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``), so that
+    a following :class:`~course_lib.metrics.PeakMemory` on the CPU starts from an honest baseline."""
+    import gc
+
+    gc.collect()
+    if os.name == "posix":
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+            pass
+
+
+def compare_generation_speed(models: dict, tokenizer, new_tokens: int, repeats: int):
+    """Tokens/s of several models measured side by side, interleaved so that drift in the
+    machine's speed affects them all alike: one warm-up generation each, then ``repeats`` rounds
+    in which every model generates ``new_tokens`` greedy tokens once
+    (:func:`course_lib.metrics.generation_speed` with one repeat); round ``i`` starts with model
+    ``i mod n``, so no model is always first. Reports each model's median latency and
+    ``tokens_per_s = new_tokens / median latency`` as a pandas DataFrame, in the given order.
+    """
+    import statistics
+
+    import pandas as pd
+
+    from .metrics import generation_speed
+
+    if not models:
+        raise ValueError("compare_generation_speed needs at least one model, e.g. {'base': model}.")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    for model in models.values():
+        generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    produced = {}
+    names = list(models)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            model = models[name]
+            timing = generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
+            times[name].append(timing["latency_s"])
+            produced[name] = timing["new_tokens"]
+    rows = [{"model": name, "latency_s": statistics.median(t), "tokens_per_s": produced[name] / statistics.median(t)}
+            for name, t in times.items()]
+    return pd.DataFrame(rows)

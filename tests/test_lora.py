@@ -1,0 +1,304 @@
+"""Chapter 05: LoRA from scratch, peft helpers, fine-tuning comparisons, QLoRA guard, checkers."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.lora import (SIZES, LoRALinear, add_lora_, compare_generation_speed, folder_size_bytes,
+                             linear_module_names,
+                             lora_config, lora_parameter_count, lora_parameter_table,
+                             max_abs_logit_difference, release_memory, resolve_targets,
+                             trainable_parameters)
+from course_lib.lora_training import (FineTuneResult, answer_loss, fine_tune, load_qlora_base,
+                                      lora_sweep, sweep_effects)
+from course_lib.profiles import sizes_for
+from course_lib.tasks import Example
+from course_lib.tiny_models import tiny_gpt2, tiny_llama
+
+
+class CharTokenizer:
+    """A tiny tokenizer (one id per character) so that training tests need no real tokenizer."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + (ord(c) % 200) for c in text]}
+
+
+EXAMPLES = [Example(f"Q{i}:", f"{i}{i}") for i in range(8)]
+
+
+def test_sizes_table_has_every_profile():
+    for name in ("smoke", "cpu", "gpu"):
+        sizes = sizes_for(SIZES, name)
+        assert sizes.steps >= 1 and sizes.batch_size >= 1 and len(sizes.sweep_ranks) >= 2
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+def test_lora_linear_starts_as_the_base_layer_and_merges_exactly():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 7)
+    layer = LoRALinear(base, r=4, alpha=8)
+    x = torch.randn(3, 12)
+    assert torch.equal(layer(x), base(x))  # B = 0 at the start
+    assert not base.weight.requires_grad and layer.A.requires_grad and layer.B.requires_grad
+    assert layer.A.shape == (4, 12) and layer.B.shape == (7, 4) and layer.scaling == 2.0
+    with torch.no_grad():
+        layer.B.normal_()
+    expected = base(x) + 2.0 * x @ layer.A.T @ layer.B.T
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    merged = x @ layer.merged_weight().T + base.bias
+    assert torch.allclose(merged, layer(x), atol=1e-5)
+
+
+def test_lora_linear_matches_peft_with_the_same_A_and_B():
+    model = tiny_llama(vocab_size=64)
+    peft_model = add_lora_(copy.deepcopy(model), r=4, alpha=8, targets=["q_proj"])
+    peft_layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        peft_layer.lora_B["default"].weight.normal_()
+    mine = LoRALinear(copy.deepcopy(model.model.layers[0].self_attn.q_proj), r=4, alpha=8)
+    with torch.no_grad():
+        mine.A.copy_(peft_layer.lora_A["default"].weight)
+        mine.B.copy_(peft_layer.lora_B["default"].weight)
+    x = torch.randn(2, 5, 64)
+    assert torch.allclose(mine(x), peft_layer(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_rank_is_refused(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        LoRALinear(nn.Linear(4, 4), r=bad, alpha=8)
+    with pytest.raises(ValueError, match="rank"):
+        lora_config(tiny_llama(vocab_size=64), r=bad)
+
+
+def test_lora_linear_refuses_other_layers_and_bad_alpha():
+    with pytest.raises(ValueError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(2, 2, 1), r=2, alpha=2)
+    with pytest.raises(ValueError, match="alpha"):
+        LoRALinear(nn.Linear(4, 4), r=2, alpha=0)
+
+
+def test_parameter_count_formula():
+    assert lora_parameter_count(576, 192, 8) == 8 * (576 + 192)
+    with pytest.raises(ValueError):
+        lora_parameter_count(4, 4, 0)
+
+
+# --------------------------------------------------------------------------- targets and peft
+
+
+def test_target_presets_and_names():
+    llama, gpt2 = tiny_llama(vocab_size=64), tiny_gpt2(vocab_size=64)
+    assert resolve_targets(llama, "q,v") == ["q_proj", "v_proj"]
+    assert resolve_targets(llama, "all-linear") == ["down_proj", "gate_proj", "k_proj", "o_proj",
+                                                     "q_proj", "up_proj", "v_proj"]
+    assert resolve_targets(gpt2, "attention") == ["c_attn"]
+    assert "lm_head" in linear_module_names(llama) and "c_fc" in linear_module_names(gpt2)
+
+
+def test_unknown_target_lists_the_model_s_linear_layers():
+    with pytest.raises(ValueError, match=r"'qproj' matches no linear layer.*q_proj, up_proj, v_proj"):
+        lora_config(tiny_llama(vocab_size=64), targets=["qproj"])
+    with pytest.raises(ValueError, match="Unknown target preset"):
+        resolve_targets(tiny_llama(vocab_size=64), "mlp-only")
+    with pytest.raises(ValueError, match="empty"):
+        resolve_targets(tiny_llama(vocab_size=64), [])
+
+
+def test_gpt2_config_sets_fan_in_fan_out_and_peft_counts_match_the_formula():
+    gpt2 = tiny_gpt2(vocab_size=64, n_embd=32)
+    config = lora_config(gpt2, r=8, alpha=32, targets="attention", dropout=0.1)
+    assert config.fan_in_fan_out and list(config.target_modules) == ["c_attn"]
+    peft_model = add_lora_(copy.deepcopy(gpt2), config)
+    counts = trainable_parameters(peft_model)
+    assert counts["trainable"] == 2 * lora_parameter_count(32, 96, 8)  # two blocks, c_attn 32 -> 96
+    assert counts["trainable"] == peft_model.get_nb_trainable_parameters()[0]
+    assert not lora_config(tiny_llama(vocab_size=64)).fan_in_fan_out
+    x = torch.randint(0, 64, (1, 6))
+    assert max_abs_logit_difference(gpt2, peft_model, x) == 0.0  # B = 0: unchanged model
+
+
+def test_add_lora_leaves_a_deep_copy_s_original_alone_and_refuses_mixed_arguments():
+    model = tiny_llama(vocab_size=64)
+    before = trainable_parameters(model)
+    add_lora_(copy.deepcopy(model), r=2)
+    assert trainable_parameters(model) == before and before["percent"] == 100.0
+    a1, a2 = (add_lora_(copy.deepcopy(model), r=2, seed=1).base_model.model.model.layers[0].self_attn
+              .q_proj.lora_A["default"].weight for _ in range(2))
+    assert torch.equal(a1, a2)  # the seed makes the initialisation of A reproducible
+    with pytest.raises(ValueError, match="not both"):
+        add_lora_(copy.deepcopy(model), lora_config(model), r=4)
+    with pytest.raises(ValueError, match="dropout"):
+        lora_config(model, dropout=1.0)
+
+
+def test_parameter_table_totals():
+    model = tiny_llama(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2)
+    table = lora_parameter_table(model, r=4, targets="all-linear")
+    total = table.iloc[-1]
+    peft_model = add_lora_(copy.deepcopy(model), r=4, targets="all-linear")
+    assert total["A + B params"] == trainable_parameters(peft_model)["trainable"]
+    assert total["layers"] == 14 and table.iloc[0]["layers"] == 2
+
+
+def test_merge_and_unload_matches_and_sizes_on_disk(tmp_path):
+    model = tiny_llama(vocab_size=64)
+    peft_model = add_lora_(copy.deepcopy(model), r=4, targets="all-linear")
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    x = torch.randint(0, 64, (2, 7))
+    assert max_abs_logit_difference(peft_model, merged, x) < 1e-4
+    assert max_abs_logit_difference(model, merged, x) > 1e-3
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged.save_pretrained(tmp_path / "full")
+    adapter, full = folder_size_bytes(tmp_path / "adapter"), folder_size_bytes(tmp_path / "full")
+    assert 0 < adapter < full
+    assert folder_size_bytes(tmp_path / "adapter" / "adapter_model.safetensors") < adapter
+    with pytest.raises(ValueError, match="does not exist"):
+        folder_size_bytes(tmp_path / "missing")
+
+
+def test_compare_generation_speed_side_by_side(tokenizer):
+    base = tiny_llama()
+    adapted = add_lora_(copy.deepcopy(base), r=2)
+    table = compare_generation_speed({"base": base, "adapter": adapted}, tokenizer, new_tokens=3, repeats=2)
+    assert list(table["model"]) == ["base", "adapter"]
+    assert (table["tokens_per_s"] > 0).all()
+    assert table["tokens_per_s"].iloc[0] == pytest.approx(3 / table["latency_s"].iloc[0])
+    with pytest.raises(ValueError, match="at least one model"):
+        compare_generation_speed({}, tokenizer, new_tokens=3, repeats=1)
+
+
+# --------------------------------------------------------------------------- training and sweeps
+
+
+def test_fine_tune_trains_only_the_adapter_and_reports_costs():
+    model = add_lora_(tiny_llama(vocab_size=256), r=4, targets="q,v")
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = answer_loss(model, CharTokenizer(), EXAMPLES, batch_size=3)
+    run = fine_tune(model, CharTokenizer(), EXAMPLES, steps=20, lr=1e-2, batch_size=4, progress=False)
+    release_memory()
+    assert isinstance(run, FineTuneResult) and len(run.losses) == 20
+    assert answer_loss(model, CharTokenizer(), EXAMPLES) < before
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert run.optimizer_state_bytes == 8 * run.trainable_params == 2 * run.gradient_bytes
+    assert 0 < run.trainable_percent < 10 and run.seconds_per_step > 0 and run.peak_memory_bytes > 0
+    with pytest.raises(ValueError):
+        answer_loss(model, CharTokenizer(), [])
+
+
+def test_lora_sweep_and_effects():
+    base = tiny_llama(vocab_size=256)
+    snapshot = {n: p.clone() for n, p in base.named_parameters()}
+    results = lora_sweep(base, CharTokenizer(), EXAMPLES, EXAMPLES[:4], ranks=[1, 4], lrs=[1e-5, 1e-2],
+                         steps=3, batch_size=4, alpha=4)
+    assert len(results) == 4 and set(results["rank"]) == {1, 4} and not results["diverged"].any()
+    assert all(torch.equal(p, snapshot[n]) for n, p in base.named_parameters())  # base untouched
+    assert results.loc[results["rank"] == 4, "trainable"].iloc[0] == 4 * results.loc[results["rank"] == 1, "trainable"].iloc[0]
+    effects = sweep_effects(results)
+    assert effects["lr effect"] > 0 and effects["rank effect"] >= 0
+    with pytest.raises(ValueError, match="two ranks"):
+        sweep_effects(results[results["rank"] == 1])
+    with pytest.raises(ValueError):
+        lora_sweep(base, CharTokenizer(), EXAMPLES, EXAMPLES, ranks=[], lrs=[1e-3], steps=1, batch_size=2)
+
+
+def test_lora_sweep_keeps_a_diverged_run_and_effects_ignore_it(monkeypatch):
+    import pandas as pd
+
+    import course_lib.lora_training as lora_training
+
+    def diverging(*args, **kwargs):  # what train() raises when the loss becomes inf or NaN
+        raise FloatingPointError("Loss became nan at step 3; lower the learning rate.")
+
+    monkeypatch.setattr(lora_training, "fine_tune", diverging)
+    results = lora_sweep(tiny_llama(vocab_size=256), CharTokenizer(), EXAMPLES, EXAMPLES[:2], ranks=[2],
+                         lrs=[10.0], steps=4, batch_size=4, alpha=4)
+    assert results["diverged"].all() and results["held-out answer loss"].iloc[0] == float("inf")
+    table = pd.DataFrame({"rank": [1, 1, 8, 8, 8], "lr": [1e-3, 1e-2, 1e-3, 1e-2, 1e-1],
+                          "held-out answer loss": [1.0, 0.1, 1.0, 0.05, float("inf")]})
+    effects = sweep_effects(table)
+    assert effects["lr effect"] == pytest.approx((math.log(10) + math.log(20)) / 2)
+    assert effects["rank effect"] == pytest.approx(math.log(2) / 2)
+
+
+def test_qlora_refuses_an_unsupported_device_and_quant_type():
+    with pytest.raises(ValueError, match="CUDA GPU or the CPU"):
+        load_qlora_base(device="meta")
+    with pytest.raises(ValueError, match="4 bits"):
+        load_qlora_base(quant_type="int8")
+    quantized = tiny_llama(vocab_size=64).to("meta")
+    quantized.is_loaded_in_4bit = True
+    with pytest.raises(ValueError, match="CUDA GPU or the CPU"):
+        add_lora_(quantized, r=2)
+
+
+@pytest.mark.real_model
+def test_qlora_on_the_real_model_trains_lora_over_nf4(tokenizer):
+    pytest.importorskip("bitsandbytes")
+    model, _ = load_qlora_base(device="cpu")
+    peft_model = add_lora_(model, r=4, targets="q,v")
+    examples = [Example("Write the number in English words.\nNumber: 7\nWords:", "seven")] * 2
+    run = fine_tune(peft_model, tokenizer, examples, steps=1, lr=1e-3, batch_size=2, progress=False)
+    assert run.trainable_params == 30 * (lora_parameter_count(576, 576, 4) + lora_parameter_count(576, 192, 4))
+    assert type(peft_model.base_model.model.model.layers[0].self_attn.k_proj).__name__ == "Linear4bit"
+
+
+# --------------------------------------------------------------------------- exercise checkers
+
+
+def test_lora_forward_checker_passes_the_reference_and_explains_mistakes(capsys):
+    from course_lib.checks.lora import check_lora_forward, reference_lora_forward
+
+    assert check_lora_forward(reference_lora_forward)
+    assert not check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T + x @ A.T @ B.T)
+    assert "left the scaling out" in capsys.readouterr().out
+    assert not check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T + (r / alpha) * x @ A.T @ B.T)
+    assert "not r / alpha" in capsys.readouterr().out
+    assert not check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T)
+    assert "only the frozen layer" in capsys.readouterr().out
+
+
+def test_count_checker_passes_the_reference_and_explains_mistakes(capsys):
+    from course_lib.checks.lora import check_count_lora_parameters, reference_count_lora_parameters
+
+    assert check_count_lora_parameters(reference_count_lora_parameters)
+    only_linear = lambda model, r, targets: sum(  # noqa: E731
+        r * (m.in_features + m.out_features) for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets)
+    assert not check_count_lora_parameters(only_linear)
+    assert "Conv1D" in capsys.readouterr().out
+    full_w = lambda model, r, targets: sum(  # noqa: E731
+        m.in_features * m.out_features for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets)
+    assert not check_count_lora_parameters(full_w)
+    assert "frozen weights" in capsys.readouterr().out
+
+
+def test_merge_checker_passes_the_reference_and_explains_mistakes(capsys):
+    from course_lib.checks.lora import check_merge_lora, reference_merge_lora
+
+    assert check_merge_lora(reference_merge_lora)
+    assert not check_merge_lora(lambda W, A, B, alpha, r: W + B @ A)
+    assert "alpha / r before" in capsys.readouterr().out
+    assert not check_merge_lora(lambda W, A, B, alpha, r: (alpha / r) * B @ A)
+    assert "update alone" in capsys.readouterr().out
+    # the reference agrees with peft's own merge on a real LoRA layer
+    model = add_lora_(tiny_llama(vocab_size=64), r=4, alpha=8, targets=["v_proj"])
+    layer = model.base_model.model.model.layers[0].self_attn.v_proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    by_hand = reference_merge_lora(layer.base_layer.weight, layer.lora_A["default"].weight,
+                                   layer.lora_B["default"].weight, 8, 4)
+    layer.merge()
+    assert torch.allclose(by_hand, layer.base_layer.weight, atol=1e-6)

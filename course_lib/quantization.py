@@ -261,7 +261,7 @@ def code_book_quantize(w: torch.Tensor, code: torch.Tensor, block_size: int = 64
 
     The flattened ``w`` is cut into blocks of ``block_size``; each block is divided by its
     ``absmax = max|w|`` and every value is replaced by the index of the nearest entry of the
-    sorted ``code``. Returns ``(indices as torch.uint8, absmax per block as float32)``.
+    sorted ``code`` (an exact tie goes to the lower value, as in bitsandbytes). Returns ``(indices as torch.uint8, absmax per block as float32)``.
     """
     _check_float(w)
     code = _check_code(code)
@@ -269,9 +269,10 @@ def code_book_quantize(w: torch.Tensor, code: torch.Tensor, block_size: int = 64
     blocks = w.detach().float().reshape(-1, block_size)
     code = code.to(blocks.device)
     absmax = blocks.abs().amax(dim=1, keepdim=True)
-    normed = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    midpoints = (code[1:] + code[:-1]) / 2
-    idx = torch.bucketize(normed, midpoints)
+    # times the reciprocal, then the nearest value (bucketize against the midpoints): the same
+    # float arithmetic as bitsandbytes, so that exact ties fall the same way
+    normed = blocks * (1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax)))
+    idx = torch.bucketize(normed, (code[1:] + code[:-1]) / 2)
     return idx.to(torch.uint8), absmax.squeeze(1)
 
 

@@ -157,6 +157,15 @@ def test_code_book_quantization_matches_bitsandbytes(w):
         assert torch.allclose(mine, theirs, atol=1e-6), name
 
 
+def test_code_book_ties_fall_like_bitsandbytes():
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    # values on exact FP4 midpoints (x 12: 10 is between 8 and 12, 5 between 4 and 6...)
+    x = torch.tensor([12, 10, -10, 5, -5, 2.5, -2.5, 0, 7, -7, 1.5, -1.5] * 4 + [-0.5859375 / 0.703125 * 12] * 16) / 12
+    x = x.reshape(1, 64)
+    packed, state = bnbf.quantize_4bit(x, blocksize=64, quant_type="fp4")
+    assert torch.equal(fake_quantize_code_book(x, fp4_code_book(), 64), bnbf.dequantize_4bit(packed, state))
+
+
 def test_code_book_quantize_indices_and_absmax(w):
     idx, absmax = code_book_quantize(w, nf4_code_book(), 64)
     assert idx.dtype == torch.uint8 and idx.shape == (16, 64) and int(idx.max()) <= 15

@@ -1,0 +1,419 @@
+import dataclasses
+import json
+import math
+
+import optuna
+import pytest
+import torch
+
+from course_lib import hpo
+from course_lib.checks import hpo as checks
+from course_lib.hpo import (Choice, CompactTokenizer, accuracy_by_train_size, compare_pruners, train_with_params, Range, SearchData, TaskObjective, article_grid_search_errors,
+                            best_so_far, check_budget, compare_samplers, grid_size, grid_values, lora_model_factory,
+                            make_pruner, make_sampler, make_search_data, open_storage, plot_best_so_far, run_study,
+                            space_from_dict, space_to_dict, study_cost, suggest, tiny_model_factory, torch_threads,
+                            validate_space, validation_loss)
+from course_lib.hpo_trainer import lora_model_init, task_trainer
+from course_lib.hpo_workers import (ParallelRun, check_study_integrity, objective_from_spec, run_workers,
+                                    wall_time_ratio, worker_main)
+from course_lib.tiny_models import tiny_llama
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = {"lr": Range(1e-3, 1e-1, log=True), "steps": Range(4, 12, integer=True), "batch_size": Choice([4, 8])}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return checks.exercise_setup()
+
+
+@pytest.fixture(scope="module")
+def tiny_objective(setup):
+    return TaskObjective(tiny_model_factory(len(setup.tokenizer)), setup.tokenizer, setup.train, setup.validation,
+                         SPACE)
+
+
+# --------------------------------------------------------------------------- search space
+
+
+def test_bad_search_ranges_raise_before_training():
+    for space, match in [({}, "empty"), ({"lr": Range(1e-2, 1e-5, log=True)}, "inverted"),
+                         ({"lr": Range(1e-3, 1e-3)}, "empty"), ({"lr": Range(0.0, 1e-2, log=True)}, "log"),
+                         ({"steps": Range(1.5, 4, integer=True)}, "integer"), ({"batch_size": Choice([])}, "no options"),
+                         ({"lr": (1e-5, 1e-2)}, "Range or a Choice"), ({"lr": Range(-math.inf, 1)}, "non-finite")]:
+        with pytest.raises(ValueError, match=match):
+            validate_space(space)
+    validate_space(SPACE)
+
+
+def test_suggest_and_grid_follow_the_space():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        params = suggest(trial, SPACE)
+        assert 1e-3 <= params["lr"] <= 1e-1 and isinstance(params["steps"], int) and params["batch_size"] in (4, 8)
+        assert trial.distributions["lr"].log
+        study.tell(trial, 0.0)
+    grid = grid_values(SPACE, {"lr": 3, "steps": 2})
+    assert grid["lr"] == pytest.approx([1e-3, 1e-2, 1e-1])  # log-spaced
+    assert grid["steps"] == [4, 12] and grid["batch_size"] == [4, 8]
+    assert grid_size(grid) == 12
+    assert grid_values({"x": Range(0, 1)}, 3)["x"] == [0, 0.5, 1]
+    with pytest.raises(ValueError, match="2 points"):
+        grid_values(SPACE, 1)
+
+
+def test_space_round_trips_through_json():
+    assert space_from_dict(json.loads(json.dumps(space_to_dict(SPACE)))) == SPACE
+    with pytest.raises(ValueError, match="inverted"):
+        space_from_dict({"lr": {"low": 1, "high": 0, "log": False, "integer": False}})
+
+
+# --------------------------------------------------------------------------- data, loss, models
+
+
+def test_search_data_keeps_validation_apart_from_train_and_test():
+    data = make_search_data(n_train=40, n_validation=10, n_test=12)
+    assert isinstance(data, SearchData)
+    assert len(data.train) == 40 and len(data.validation) == 10 and len(data.test) == 12
+    prompts = [{e.prompt for e in part} for part in (data.train, data.validation, data.test)]
+    assert not (prompts[0] & prompts[1]) and not (prompts[2] & (prompts[0] | prompts[1]))
+    assert make_search_data(n_train=40, n_validation=10, n_test=12) == data  # deterministic
+    with pytest.raises(ValueError):
+        make_search_data(n_train=0)
+
+
+def test_validation_loss_scores_answer_tokens_only(tokenizer):
+    from course_lib.tasks import collate, encode_example
+
+    model = tiny_llama(vocab_size=len(tokenizer))
+    examples = make_search_data(n_train=4, n_validation=3, n_test=0).validation
+    batch = collate([encode_example(tokenizer, e) for e in examples], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model(**batch).loss.item()  # the model's own token-weighted loss on answer tokens
+    assert validation_loss(model, tokenizer, examples, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    model.train()
+    validation_loss(model, tokenizer, examples)
+    assert model.training  # mode restored
+    with pytest.raises(ValueError):
+        validation_loss(model, tokenizer, [])
+
+
+def test_compact_tokenizer_renumbers_and_refuses_unknown_tokens(tokenizer):
+    examples = make_search_data(n_train=8, n_validation=2, n_test=0).train
+    compact = CompactTokenizer.for_examples(tokenizer, examples)
+    assert len(compact) < 200 and compact.eos_token_id < len(compact)
+    ids = compact(examples[0].prompt)["input_ids"]
+    assert max(ids) < len(compact)
+    assert [compact.old_ids[i] for i in ids] == tokenizer(examples[0].prompt, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="compact vocabulary"):
+        compact("Zebra quantum xylophone")
+
+
+def test_lora_factory_copies_the_base_and_uses_the_rank():
+    base = tiny_llama(vocab_size=64)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = lora_model_factory(base, target_modules=("q_proj", "v_proj"))({"lora_rank": 2})
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.shape[0] == 2
+    assert not any("lora" in n for n, _ in base.named_parameters())  # the base is untouched
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    with pytest.raises(ValueError, match="lora_rank"):
+        lora_model_factory(base)({"lora_rank": 0})
+    tiny = tiny_model_factory(64)({})
+    assert sum(p.numel() for p in tiny.parameters()) < 100_000
+
+
+# --------------------------------------------------------------------------- the objective and studies
+
+
+def test_objective_is_reproducible_and_trains_a_fresh_model(tiny_objective):
+    trial = optuna.trial.FixedTrial({"lr": 0.03, "steps": 6, "batch_size": 4})
+    first = tiny_objective(trial)
+    assert first == tiny_objective(optuna.trial.FixedTrial({"lr": 0.03, "steps": 6, "batch_size": 4}))
+    untrained = validation_loss(tiny_objective.make_model({}), tiny_objective.tokenizer, tiny_objective.val_examples)
+    assert first < untrained
+    assert tiny_objective.with_seed(1).seed == 1 and tiny_objective.seed == 0
+
+
+def test_train_with_params_is_reproducible(setup):
+    make = tiny_model_factory(len(setup.tokenizer))
+    params = {"lr": 0.03, "steps": 5, "batch_size": 4, "warmup_fraction": 0.4}
+    model, again = make({}), make({})
+    result = train_with_params(model, params, setup.tokenizer, setup.train)
+    train_with_params(again, params, setup.tokenizer, setup.train)
+    assert result.steps == 5 and all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), make({}).parameters()))  # trained in place
+    with pytest.raises(ValueError, match="lacks"):
+        train_with_params(model, {"lr": 0.1}, setup.tokenizer, setup.train)
+    with pytest.raises(ValueError, match="cannot fill a batch"):
+        train_with_params(model, params, setup.tokenizer, setup.train[:3])
+
+
+def test_accuracy_by_train_size(tokenizer):
+    data = make_search_data(n_train=4, n_validation=2, n_test=2)
+    make = lora_model_factory(tiny_llama(vocab_size=len(tokenizer)), target_modules=("q_proj",))
+    params = {"lr": 1e-3, "steps": 1, "batch_size": 2, "lora_rank": 2}
+    accuracy, model = accuracy_by_train_size(make, params, tokenizer, data, (0, 2, 4), progress=False)
+    assert list(accuracy) == [0, 2, 4] and all(0 <= a <= 1 for a in accuracy.values())
+    assert any("lora_" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="train_sizes"):
+        accuracy_by_train_size(make, params, tokenizer, data, (8,))
+
+
+def test_objective_rejects_bad_configuration(setup):
+    make = tiny_model_factory(len(setup.tokenizer))
+    args = (make, setup.tokenizer, setup.train, setup.validation)
+    with pytest.raises(ValueError, match="neither searched nor fixed"):
+        TaskObjective(*args, {"lr": Range(1e-3, 1e-1, log=True)})
+    with pytest.raises(ValueError, match="Unknown hyperparameter"):
+        TaskObjective(*args, SPACE, fixed={"momentum": 0.9})
+    with pytest.raises(ValueError, match="both searched and fixed"):
+        TaskObjective(*args, SPACE, fixed={"lr": 0.1})
+    with pytest.raises(ValueError, match="inverted"):
+        TaskObjective(*args, {**SPACE, "lr": Range(1e-1, 1e-3)})
+
+
+def test_run_study_checks_budget_and_storage_before_training(tiny_objective, tmp_path):
+    calls = []
+
+    def objective(trial):
+        calls.append(trial)
+        return 0.0
+
+    for bad in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="positive number of trials"):
+            run_study(objective, bad)
+    assert check_budget(3) == 3
+    for url, match in [(str(tmp_path / "missing" / "journal.log"), "does not exist"),
+                       ("sqlite:////nonexistent-folder-xyz/optuna.db", "does not exist"),
+                       ("postgresql://user:pw@127.0.0.1:1/optuna", "driver|reach"),
+                       ("", "storage must be")]:
+        with pytest.raises(ValueError, match=match):
+            run_study(objective, 2, storage=url)
+    assert not calls  # nothing ran
+    assert isinstance(open_storage(None), optuna.storages.InMemoryStorage)
+    assert isinstance(open_storage(str(tmp_path / "j.log")), optuna.storages.JournalStorage)
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 's.db'}"), optuna.storages.RDBStorage)
+    with_heartbeat = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_s=30)
+    assert with_heartbeat.get_heartbeat_interval() == 30
+    with pytest.raises(ValueError, match="heartbeat"):
+        open_storage(str(tmp_path / "j2.log"), heartbeat_s=30)
+
+
+def test_study_records_cost_and_best_so_far(tiny_objective, tmp_path):
+    with torch_threads(1):
+        study = run_study(tiny_objective, 4, sampler=make_sampler("random", seed=0), progress=False,
+                          storage=str(tmp_path / "study.log"), study_name="s")
+    curve = best_so_far(study)
+    assert len(curve) == 4 and curve == sorted(curve, reverse=True) and curve[-1] == study.best_value
+    cost = study_cost(study)
+    assert cost["complete"] == 4 and cost["compute_saved"] == 0 and cost["steps_run"] == cost["steps_planned"] > 0
+    assert cost["seconds"] > 0 and cost["best"] == study.best_value
+    assert torch.get_num_threads() >= 1
+
+
+def test_diverging_trial_is_recorded_as_failed(setup):
+    objective = TaskObjective(tiny_model_factory(len(setup.tokenizer)), setup.tokenizer, setup.train,
+                              setup.validation, {"lr": Range(1e6, 1e7, log=True)}, fixed={"steps": 6, "batch_size": 4})
+    study = run_study(objective, 1, progress=False)
+    cost = study_cost(study)
+    assert cost["failed"] == 1 and math.isnan(best_so_far(study)[0])
+
+
+def test_pruners_stop_bad_trials_and_save_compute(setup):
+    objective = TaskObjective(tiny_model_factory(len(setup.tokenizer)), setup.tokenizer, setup.train, setup.validation,
+                              {"lr": Range(1e-4, 1e-1, log=True)}, fixed={"steps": 12, "batch_size": 4}, eval_every=3)
+    with torch_threads(1):
+        study = run_study(objective, 8, sampler=make_sampler("random", seed=1),
+                          pruner=make_pruner("median", n_startup_trials=2), progress=False)
+    cost = study_cost(study)
+    assert cost["pruned"] >= 1 and 0 < cost["compute_saved"] < 1 and cost["steps_run"] < cost["steps_planned"]
+    assert all(t.intermediate_values for t in study.trials)
+    with torch_threads(1):
+        df, studies = compare_pruners(objective, 6, [0], pruners=(None, "hyperband"), progress=False)
+    assert set(studies) == {("none", 0), ("hyperband", 0)} and len(studies[("none", 0)].trials) == 6
+    assert list(df.pruner) == ["none", "hyperband"] and df.time_saved.iloc[0] == 0
+    assert df.steps_run.iloc[0] == 6 * 12 and df.steps_run.iloc[1] <= 6 * 12
+    with pytest.raises(ValueError, match="eval_every"):
+        compare_pruners(dataclasses.replace(objective, eval_every=0), 2, [0])
+    assert isinstance(make_pruner("hyperband", max_steps=12, eval_every=3), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner(None), optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="max_steps"):
+        make_pruner("hyperband")
+    with pytest.raises(ValueError):
+        make_pruner("asha")
+    with pytest.raises(ValueError, match="grid"):
+        make_sampler("grid")
+    with pytest.raises(ValueError):
+        make_sampler("cmaes")
+
+
+def test_compare_samplers_gives_equal_budgets(tiny_objective):
+    grid = grid_values(SPACE, {"lr": 2, "steps": 2})  # 2 x 2 x 2 = 8... too many for 4 trials
+    with pytest.raises(ValueError, match="budget"):
+        compare_samplers(tiny_objective, 4, [0], grid)
+    grid = grid_values({k: SPACE[k] for k in ("lr", "steps")}, 2)
+    objective = TaskObjective(tiny_objective.make_model, tiny_objective.tokenizer, tiny_objective.train_examples,
+                              tiny_objective.val_examples, {k: SPACE[k] for k in ("lr", "steps")},
+                              fixed={"batch_size": 4})
+    with torch_threads(1):
+        df = compare_samplers(objective, 4, [0, 1], grid, progress=False)
+    assert set(df["sampler"]) == {"grid", "random", "tpe"} and len(df) == 3 * 2 * 4
+    points = [sorted(map(str, g["params"])) for _, g in df[df.sampler == "grid"].groupby("seed")]
+    assert points[0] == points[1] and len(set(points[0])) == 4  # the same 4 grid points, in another order
+    fig = plot_best_so_far(df)
+    assert len(fig.axes[0].lines) == 3
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with torch_threads(0):
+            pass
+
+
+def test_article_code_fails_and_the_reasons_are_shown():
+    attempts = dict(article_grid_search_errors({"learning_rate": [1e-5, 1e-4], "num_train_epochs": [1, 2]}))
+    assert len(attempts) == 4 and all(error != "no error" for error in attempts.values())
+    assert any("get_params" in e for e in attempts.values())
+    assert any("learning_rate" in e for e in attempts.values())
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_two_workers_share_one_study_without_losing_or_duplicating_trials(tmp_path):
+    space = {"lr": Range(1e-3, 1e-1, log=True)}
+    spec = {"model": "tiny", "task": "date-iso", "n_train": 16, "n_validation": 4, "space": space_to_dict(space),
+            "fixed": {"steps": 2, "batch_size": 4}, "sampler": "random", "seed": 0}
+    run = run_workers(str(tmp_path / "shared.log"), "shared", spec, n_trials=3, n_workers=2, progress=False)
+    assert isinstance(run, ParallelRun) and run.integrity["ok"], run.integrity
+    assert run.integrity["per_worker"] == {0: 2, 1: 1} and run.wall_s > 0
+    with pytest.raises(ValueError, match="already has"):
+        run_workers(str(tmp_path / "shared.log"), "shared", spec, n_trials=3, n_workers=1)
+    with pytest.raises(ValueError, match="n_workers"):
+        run_workers(str(tmp_path / "other.log"), "x", spec, n_trials=2, n_workers=3)
+    with pytest.raises(ValueError, match="spec lacks"):
+        run_workers(str(tmp_path / "other.log"), "x", {"model": "tiny"}, n_trials=2)
+    with pytest.raises(ValueError, match="does not exist"):
+        run_workers(str(tmp_path / "no" / "j.log"), "x", spec, n_trials=2)
+    single = ParallelRun("a", "s", 1, 1, 3, wall_s=10.0)
+    assert wall_time_ratio(single, ParallelRun("b", "s", 2, 1, 3, wall_s=6.0)) == 0.6
+    with pytest.raises(ValueError, match="same size"):
+        wall_time_ratio(single, ParallelRun("b", "s", 2, 1, 4, wall_s=6.0))
+
+
+def test_worker_main_in_process_and_integrity_report(tmp_path):
+    space = {"lr": Range(1e-3, 1e-1, log=True)}
+    spec = {"model": "tiny", "task": "date-iso", "n_train": 16, "n_validation": 4, "space": space_to_dict(space),
+            "fixed": {"steps": 2, "batch_size": 4}, "sampler": "random", "seed": 3}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    storage = str(tmp_path / "j.log")
+    for worker in (0, 0):  # the same seed twice: the second worker repeats the first one's proposals
+        assert worker_main(["--storage", storage, "--study", "s", "--spec", str(spec_file), "--trials", "2",
+                            "--worker", str(worker), "--threads", "1"]) == 0
+    report = check_study_integrity(optuna.load_study(study_name="s", storage=open_storage(storage)), 4)
+    assert report["finished"] == 4 and report["lost"] == 0 and report["duplicate_params"] == 2 and not report["ok"]
+    assert isinstance(objective_from_spec(spec), TaskObjective)
+    with pytest.raises(ValueError, match="spec lacks"):
+        objective_from_spec({"model": "tiny"})
+
+
+# --------------------------------------------------------------------------- Trainer route
+
+
+def test_trainer_hyperparameter_search_with_optuna(tokenizer):
+    data = make_search_data(n_train=8, n_validation=4, n_test=0)
+    base = tiny_llama(vocab_size=len(tokenizer))
+    model_init = lora_model_init(base, ranks=(2, 4), target_modules=("q_proj", "v_proj"))
+    trainer = task_trainer(model_init, tokenizer, data.train, data.validation, max_steps=2, batch_size=2)
+    storage = optuna.storages.InMemoryStorage()
+    best = trainer.hyperparameter_search(
+        hp_space=lambda t: {"learning_rate": t.suggest_float("learning_rate", 1e-4, 1e-2, log=True)},
+        backend="optuna", direction="minimize", n_trials=2, sampler=optuna.samplers.RandomSampler(seed=0),
+        storage=storage, study_name="trainer")
+    study = optuna.load_study(study_name="trainer", storage=storage)
+    assert len(study.trials) == 2 and best.objective == pytest.approx(study.best_value)
+    assert set(best.hyperparameters) == {"learning_rate", "lora_rank"}
+    # eval_loss is the same quantity as validation_loss
+    model = model_init(None)
+    assert trainer.model is None  # the search releases the last trial's model
+    trainer.model = trainer.model_wrapped = model
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(validation_loss(model, tokenizer, data.validation), rel=1e-4)
+    with pytest.raises(ValueError, match="max_steps"):
+        task_trainer(model_init, tokenizer, data.train, data.validation, max_steps=0)
+    with pytest.raises(ValueError, match="rank"):
+        lora_model_init(base, ranks=())
+
+
+# --------------------------------------------------------------------------- exercise checkers
+
+
+def test_search_space_checker(capsys):
+    assert checks.check_search_space(checks.reference_suggest_hyperparameters)
+
+    def linear_lr(trial):
+        return {"lr": trial.suggest_float("lr", 1e-5, 1e-2),
+                "batch_size": trial.suggest_categorical("batch_size", [4, 8]),
+                "warmup_fraction": trial.suggest_float("warmup_fraction", 0.0, 0.2)}
+
+    def int_batch(trial):
+        return {"lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+                "batch_size": trial.suggest_int("batch_size", 4, 8),
+                "warmup_fraction": trial.suggest_float("warmup_fraction", 0.0, 0.2)}
+
+    capsys.readouterr()
+    assert not checks.check_search_space(linear_lr)
+    assert "log scale" in capsys.readouterr().out
+    assert not checks.check_search_space(int_batch)
+    assert "suggest_categorical" in capsys.readouterr().out
+
+
+def test_objective_checker(capsys, setup):
+    from course_lib.training import task_batches, train
+
+    with torch_threads(1):
+        assert checks.check_objective(checks.reference_objective)
+
+        def on_test(trial):
+            model = setup.make_model()
+            train(model, task_batches(setup.tokenizer, setup.train, 8, seed=0),
+                  steps=trial.suggest_int("steps", 5, 20), lr=trial.suggest_float("lr", 1e-3, 1e-1, log=True),
+                  progress=False)
+            return validation_loss(model, setup.tokenizer, setup.test)
+
+        shared = setup.make_model()
+
+        def reused(trial):
+            lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+            steps = trial.suggest_int("steps", 5, 20)
+            train(shared, task_batches(setup.tokenizer, setup.train, 8, seed=0), steps=steps, lr=lr, progress=False)
+            return validation_loss(shared, setup.tokenizer, setup.validation)
+
+        capsys.readouterr()
+        assert not checks.check_objective(on_test)
+        assert "test split" in capsys.readouterr().out
+        assert not checks.check_objective(reused)
+        assert "fresh model" in capsys.readouterr().out
+
+
+def test_worker_seed_checker(capsys):
+    assert checks.check_worker_seeds(checks.reference_make_worker_sampler)
+    capsys.readouterr()
+    assert not checks.check_worker_seeds(lambda base_seed, worker: optuna.samplers.RandomSampler(seed=base_seed))
+    assert "seeded alike" in capsys.readouterr().out
+    assert not checks.check_worker_seeds(lambda base_seed, worker: optuna.samplers.RandomSampler())
+    assert "rerun" in capsys.readouterr().out

@@ -24,6 +24,9 @@ def test_block_influence_matches_hidden_states_by_hand():
     blocks = _blocks()
     bi = block_influence(model, blocks, batch_size=2, progress=False)
     assert bi.shape == (3,) and bi.dtype == torch.float64
+    # Our hooks are removed. (transformers installs its own output-capturing hooks when a model is
+    # called with output_hidden_states=True, so this is checked before that call below.)
+    assert not any(layer._forward_hooks for layer in decoder_layers(model))
     # By hand: hidden_states[i] is layer i's input and hidden_states[i + 1] its output, except that
     # the last entry has the final norm applied, so check the first layers only.
     with torch.no_grad():
@@ -31,7 +34,6 @@ def test_block_influence_matches_hidden_states_by_hand():
     for i in range(2):
         expected = 1 - torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).double().mean()
         assert bi[i].item() == pytest.approx(expected.item(), abs=1e-5)
-    assert not any(layer._forward_hooks for layer in decoder_layers(model))  # hooks removed
     assert torch.allclose(block_influence(model, blocks, progress=False), bi)
 
 

@@ -312,7 +312,8 @@ def test_plots_and_explorer(w):
 @pytest.mark.real_model
 def test_real_layer_nf4_by_hand_matches_bitsandbytes(real_model):
     bnbf = pytest.importorskip("bitsandbytes.functional")
-    weight = real_model.model.layers[3].mlp.down_proj.weight.detach()
+    model, _ = real_model
+    weight = model.model.layers[3].mlp.down_proj.weight.detach()
     packed, state = bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4")
     theirs = bnbf.dequantize_4bit(packed, state)
     assert torch.allclose(fake_quantize_code_book(weight, nf4_code_book(), 64), theirs, atol=1e-6)

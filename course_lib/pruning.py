@@ -25,6 +25,8 @@ Every other function leaves the caller's model untouched (:func:`pruned_copy` re
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -32,19 +34,20 @@ from tqdm.auto import tqdm
 from .device import model_device
 
 SIZES = {
-    # sweep_blocks: validation blocks per point of the perplexity-vs-sparsity sweep;
-    # sweep_sparsities: the sparsities of that sweep; explorer_blocks: per explorer update;
-    # recovery_steps / recovery_lr / recovery_batch: the fine-tune after structured pruning;
+    # sweep_blocks: validation blocks per point of the perplexity-vs-sparsity sweep (and of the
+    # N:M and structured comparisons); sweep_sparsities: the sweep's sparsities (0.5 always in);
+    # explorer_blocks: validation blocks per explorer update; speed_blocks: blocks per timed
+    # forward pass; recovery_*: the fine-tune after structured pruning (and its dense control);
     # mlp_fraction: MLP width removed by structured pruning; sample_tokens: explorer generation.
-    "smoke": {"sweep_blocks": 2, "sweep_sparsities": [0.3, 0.5], "explorer_blocks": 2,
+    "smoke": {"sweep_blocks": 2, "sweep_sparsities": [0.5], "explorer_blocks": 2, "speed_blocks": 2,
               "recovery_steps": 2, "recovery_lr": 5e-5, "recovery_batch": 2, "mlp_fraction": 0.25,
               "sample_tokens": 8},
-    "cpu": {"sweep_blocks": 16, "sweep_sparsities": [0.1, 0.3, 0.5, 0.7], "explorer_blocks": 8,
-            "recovery_steps": 16, "recovery_lr": 5e-5, "recovery_batch": 4, "mlp_fraction": 0.25,
-            "sample_tokens": 24},
+    "cpu": {"sweep_blocks": 6, "sweep_sparsities": [0.1, 0.3, 0.5, 0.7], "explorer_blocks": 6,
+            "speed_blocks": 4, "recovery_steps": 10, "recovery_lr": 5e-5, "recovery_batch": 4,
+            "mlp_fraction": 0.25, "sample_tokens": 24},
     "gpu": {"sweep_blocks": 128, "sweep_sparsities": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-            "explorer_blocks": 32, "recovery_steps": 200, "recovery_lr": 5e-5, "recovery_batch": 16,
-            "mlp_fraction": 0.25, "sample_tokens": 32},
+            "explorer_blocks": 32, "speed_blocks": 16, "recovery_steps": 200, "recovery_lr": 5e-5,
+            "recovery_batch": 16, "mlp_fraction": 0.25, "sample_tokens": 32},
 }
 
 
@@ -94,12 +97,15 @@ def input_norms(model: nn.Module, blocks: torch.Tensor, modules: dict[str, nn.Mo
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     modules = linear_layers(model) if modules is None else modules
     sums: dict[str, torch.Tensor] = {}
+    last: list = [None, None]  # (input, its squared norms): q/k/v and gate/up share one input
 
     def make_hook(name):
         def hook(module, args):
-            x = args[0].detach()
-            sq = x.reshape(-1, x.shape[-1]).to(torch.float64).pow(2).sum(0)
-            sums[name] = sums[name] + sq if name in sums else sq
+            x = args[0]
+            if x is not last[0]:
+                norm = torch.linalg.vector_norm(x.detach().reshape(-1, x.shape[-1]).float(), dim=0)
+                last[:] = [x, norm.to(torch.float64).pow(2)]
+            sums[name] = sums[name] + last[1] if name in sums else last[1]
         return hook
 
     handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
@@ -113,6 +119,7 @@ def input_norms(model: nn.Module, blocks: torch.Tensor, modules: dict[str, nn.Mo
     finally:
         for handle in handles:
             handle.remove()
+        last.clear()
         model.train(was_training)
     return {name: sums[name].sqrt().float() for name in modules}
 
@@ -246,15 +253,17 @@ def pruning_masks(model: nn.Module, sparsity: float | None = None, *, criterion:
         return {name: nm_mask(s, *nm) for name, s in scores.items()}
     if scope != "global":
         return {name: score_mask(s, sparsity, scope) for name, s in scores.items()}
-    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    shapes = {name: s.shape for name, s in scores.items()}
+    flat = torch.cat([scores.pop(name).reshape(-1) for name in shapes])
     keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
     k = n_to_prune(flat.numel(), sparsity)
     if k:
         keep[torch.topk(flat, k, largest=False).indices] = False
+    del flat
     masks, start = {}, 0
-    for name, s in scores.items():
-        masks[name] = keep[start:start + s.numel()].view(s.shape)
-        start += s.numel()
+    for name, shape in shapes.items():
+        masks[name] = keep[start:start + shape.numel()].view(shape)
+        start += shape.numel()
     return masks
 
 
@@ -382,6 +391,41 @@ def sparsity_sweep(model: nn.Module, blocks: torch.Tensor, sparsities, methods: 
         rows.append({"method": label, "sparsity": s,
                      "perplexity": perplexity(work, blocks, batch_size=batch_size, progress=False)})
     del work
+    return rows
+
+
+# --------------------------------------------------------------------------- sparse storage on CPU
+
+
+@torch.no_grad()
+def csr_comparison(weight: torch.Tensor, sparsities=(0.5, 0.9), tokens: int = 128,
+                   min_run_time: float = 0.2) -> list[dict]:
+    """Does a sparse format make an unstructured-pruned layer smaller or faster on this CPU?
+
+    For each sparsity, ``weight`` (``[out, in]``) is magnitude-pruned and ``W @ X`` (X: ``[in,
+    tokens]``) is timed with ``torch.utils.benchmark`` for the dense matrix and for its CSR form
+    (``Tensor.to_sparse_csr``). Bytes: dense ``out * in * element_size``; CSR stores the values,
+    one int64 column index per non-zero and ``out + 1`` int64 row pointers.
+    Returns rows ``{"sparsity", "dense_ms", "csr_ms", "dense_MB", "csr_MB"}``.
+    """
+    from torch.utils.benchmark import Timer
+
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be [out, in], got shape {tuple(weight.shape)}.")
+    x = torch.randn(weight.shape[1], tokens, dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for sparsity in sparsities:
+        w = (weight.detach() * magnitude_mask(weight, sparsity)).contiguous()
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+            csr = w.to_sparse_csr()
+        timings = {}
+        for label, matrix in (("dense", w), ("csr", csr)):
+            timer = Timer("m @ x", globals={"m": matrix, "x": x}, num_threads=torch.get_num_threads())
+            timings[label] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        csr_bytes = sum(t.numel() * t.element_size() for t in (csr.values(), csr.col_indices(), csr.crow_indices()))
+        rows.append({"sparsity": sparsity, "dense_ms": timings["dense"], "csr_ms": timings["csr"],
+                     "dense_MB": w.numel() * w.element_size() / 1e6, "csr_MB": csr_bytes / 1e6})
     return rows
 
 

@@ -354,3 +354,34 @@ def forward_seconds(model: nn.Module, input_ids: torch.Tensor, repeats: int = 3,
         times.append(time.perf_counter() - start)
     model.train(was_training)
     return statistics.median(times)
+
+
+def speed_comparison(models: dict[str, nn.Module], tokenizer, input_ids: torch.Tensor, rounds: int = 3,
+                     new_tokens: int = 32) -> dict[str, dict]:
+    """Forward-pass time and generation speed of several models, timed in **interleaved rounds**.
+
+    Each model first gets one untimed forward pass and one untimed generation (warm-up). Then, in
+    each of ``rounds`` rounds, every model in turn is timed once: a forward pass over
+    ``input_ids`` (:func:`forward_seconds`) and a greedy generation of ``new_tokens`` tokens
+    (:func:`course_lib.metrics.generation_speed`). Interleaving spreads any slow-down caused by
+    other work on the machine over all models alike. Reports medians over the rounds:
+    ``{label: {"forward_s", "tokens_per_s"}}``.
+    """
+    from .metrics import generation_speed
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
+    if not models:
+        raise ValueError("models is empty: give {label: model}.")
+    forward = {label: [] for label in models}
+    tokens = {label: [] for label in models}
+    for label, model in models.items():
+        forward_seconds(model, input_ids, repeats=1, warmup=0)
+        generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
+    for _ in range(rounds):
+        for label, model in models.items():
+            forward[label].append(forward_seconds(model, input_ids, repeats=1, warmup=0))
+            tokens[label].append(generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1,
+                                                  warmup=0)["tokens_per_s"])
+    return {label: {"forward_s": statistics.median(forward[label]), "tokens_per_s": statistics.median(tokens[label])}
+            for label in models}

@@ -30,6 +30,7 @@ def test_sizes_table_is_complete():
     for profile in ("smoke", "cpu", "gpu"):
         sizes = sizes_for(SIZES, profile)
         assert all(0 < s < 1 for s in sizes.sweep_sparsities) and sizes.recovery_steps >= 1
+        assert 0.5 in sizes.sweep_sparsities  # the lesson compares N:M with the 50 % point
 
 
 def test_sparsity_checks():
@@ -109,6 +110,9 @@ def test_input_norms_by_hand():
         model(input_ids=blocks)
     handle.remove()
     assert torch.allclose(norms["model.layers.1.mlp.down_proj"], torch.cat(seen).norm(dim=0), rtol=1e-4)
+    # q, k and v read the same input (and gate and up): the same norms, measured once
+    assert torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.0.self_attn.v_proj"])
+    assert not torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.1.self_attn.q_proj"])
     with pytest.raises(ValueError, match="n_blocks"):
         input_norms(model, blocks.flatten())
 
@@ -347,3 +351,17 @@ def test_prune_linear_layers_checker(capsys):
 
     assert not check_prune_linear_layers(with_head)
     assert "lm_head" in capsys.readouterr().out
+
+
+def test_csr_comparison_counts_bytes_and_times():
+    from course_lib.pruning import csr_comparison
+
+    weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    rows = csr_comparison(weight, sparsities=(0.5, 0.9), tokens=8, min_run_time=0.01)
+    assert [r["sparsity"] for r in rows] == [0.5, 0.9]
+    assert rows[0]["dense_MB"] == pytest.approx(64 * 32 * 4 / 1e6)
+    nonzero = 64 * 32 - round(0.5 * 64 * 32)
+    assert rows[0]["csr_MB"] == pytest.approx((nonzero * (4 + 8) + 65 * 8) / 1e6)
+    assert all(r["dense_ms"] > 0 and r["csr_ms"] > 0 for r in rows)
+    with pytest.raises(ValueError, match=r"\[out, in\]"):
+        csr_comparison(torch.ones(3))

@@ -39,7 +39,7 @@ SIZES = {
     # student's shape; Trainer demo steps; sequence-level distillation: teacher samples, prompt
     # and new tokens; temperatures of the soft-target plot
     "smoke": {"steps": 2, "batch_size": 2, "lr": 2e-4, "small_lr": 3e-3, "temperature": 1.0, "alpha": 0.0,
-              "remove_layers": 10, "small_layers": 2, "small_hidden": 128, "trainer_steps": 2,
+              "remove_layers": 10, "small_layers": 2, "small_hidden": 192, "trainer_steps": 2,
               "seq_samples": 4, "seq_prompt_tokens": 8, "seq_new_tokens": 8, "temperatures": [0.5, 1.0, 2.0, 4.0]},
     "cpu": {"steps": 24, "batch_size": 4, "lr": 2e-4, "small_lr": 3e-3, "temperature": 1.0, "alpha": 0.0,
             "remove_layers": 10, "small_layers": 6, "small_hidden": 192, "trainer_steps": 8,

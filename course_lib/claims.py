@@ -6,18 +6,51 @@ measured on our model in this run, and a verdict computed from the measurement, 
 
 from __future__ import annotations
 
-VERDICTS = {True: "✅ holds here", False: "❌ does not hold here", None: "➖ not measured here"}
+import math
+
+INCONCLUSIVE = "inconclusive"
+VERDICTS = {True: "✅ holds here", False: "❌ does not hold here", None: "➖ not measured here",
+            INCONCLUSIVE: "❔ inconclusive here (within noise)"}
 
 
-def verdict(holds: bool | None) -> str:
-    """The verdict text for a measured outcome (None: could not be measured on this machine)."""
+def verdict(holds) -> str:
+    """The verdict text for a measured outcome: True, False, None (could not be measured on this
+    machine) or :data:`INCONCLUSIVE` (measured, but the difference is within the noise)."""
+    if isinstance(holds, str):
+        if holds != INCONCLUSIVE:
+            raise ValueError(f"holds must be True, False, None or {INCONCLUSIVE!r}; got {holds!r}.")
+        return VERDICTS[INCONCLUSIVE]
     return VERDICTS[None if holds is None else bool(holds)]
+
+
+def rate_comparison(a: float, b: float, n: int, z: float = 2.0):
+    """Is rate ``a`` higher than rate ``b``, both measured as proportions over ``n`` trials?
+
+    The band is ``z`` standard errors of the difference of two proportions,
+
+        band = z * sqrt(a (1 - a) / n + b (1 - b) / n),
+
+    (treating the two samples as independent, which is conservative when both were measured on the
+    same items). Returns True if ``a - b > band``, False if ``b - a > band``, else
+    :data:`INCONCLUSIVE`: a verdict for :func:`claim_table`.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of trials, got {n}.")
+    if not (0 <= a <= 1 and 0 <= b <= 1):
+        raise ValueError(f"a and b must be proportions in [0, 1]; got {a} and {b}.")
+    band = z * math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+    if a - b > band:
+        return True
+    if b - a > band:
+        return False
+    return INCONCLUSIVE
 
 
 def claim_table(rows):
     """A pandas table from ``(claim, source, measured, holds)`` tuples.
 
-    ``holds`` is a bool computed from the measurement (or None); it becomes the verdict column.
+    ``holds`` is computed from the measurement: a bool, None (not measured) or
+    :data:`INCONCLUSIVE` (see :func:`rate_comparison`); it becomes the verdict column.
     Text is left-aligned and wraps, so long claims stay readable in JupyterLab.
     """
     import pandas as pd

@@ -286,8 +286,10 @@ def compare_generation_speed(models: dict, tokenizer, new_tokens: int, repeats: 
     machine's speed affects them all alike: one warm-up generation each, then ``repeats`` rounds
     in which every model generates ``new_tokens`` greedy tokens once
     (:func:`course_lib.metrics.generation_speed` with one repeat); round ``i`` starts with model
-    ``i mod n``, so no model is always first. Reports each model's median latency and
-    ``tokens_per_s = new_tokens / median latency`` as a pandas DataFrame, in the given order.
+    ``i mod n``, so no model is always first. Reports each model's median latency,
+    ``tokens_per_s = new_tokens / median latency`` and the run-to-run ``spread = (max latency -
+    min latency) / median latency`` (0 with one repeat) as a pandas DataFrame, in the given order.
+    A difference between two models smaller than their spread is within this machine's noise.
     """
     import statistics
 
@@ -311,6 +313,7 @@ def compare_generation_speed(models: dict, tokenizer, new_tokens: int, repeats: 
             timing = generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
             times[name].append(timing["latency_s"])
             produced[name] = timing["new_tokens"]
-    rows = [{"model": name, "latency_s": statistics.median(t), "tokens_per_s": produced[name] / statistics.median(t)}
+    rows = [{"model": name, "latency_s": statistics.median(t), "tokens_per_s": produced[name] / statistics.median(t),
+             "spread": (max(t) - min(t)) / statistics.median(t)}
             for name, t in times.items()]
     return pd.DataFrame(rows)

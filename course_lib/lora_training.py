@@ -3,8 +3,8 @@
 * :func:`fine_tune` trains a model in place on task examples with the course's loop and
   reports what the comparison needs: loss curve, seconds per step, trainable parameters,
   optimizer state and peak memory.
-* :func:`answer_loss` is the held-out loss on answer tokens (teacher-forced), a cheap and smooth
-  score for sweeps.
+* Sweeps score runs by chapter 01's :func:`course_lib.hpo.validation_loss`, the held-out loss
+  on answer tokens (teacher-forced): cheap and smooth.
 * :func:`load_qlora_base` loads the model in NF4 (bitsandbytes) ready for LoRA: QLoRA.
 * :func:`lora_sweep` and :func:`sweep_effects`: which matters more, rank or learning rate?
 """
@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .device import model_device, pick_device
+from .hpo import validation_loss
 from .lora import add_lora_, lora_config, release_memory, trainable_parameters
 from .metrics import PeakMemory
-from .tasks import Example, collate, encode_example
+from .tasks import Example
 from .training import optimizer_state_bytes, task_batches, train
 
 
@@ -70,29 +71,6 @@ def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     )
 
 
-@torch.no_grad()
-def answer_loss(model, tokenizer, examples: list[Example], batch_size: int = 16) -> float:
-    """Mean cross-entropy over the answer tokens (and end-of-sequence) of ``examples``, each
-    predicted from the prompt and the correct answer tokens before it (teacher forcing)."""
-    if not examples:
-        raise ValueError("answer_loss needs at least one example.")
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        encoded = [encode_example(tokenizer, e) for e in examples[start:start + batch_size]]
-        batch = {k: v.to(device) for k, v in collate(encoded, tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                                 ignore_index=-100, reduction="sum")
-        total += loss.item()
-        count += int((labels != -100).sum())
-    model.train(was_training)
-    return total / count
-
-
 def load_qlora_base(name: str = "smollm2-135m", device=None, quant_type: str = "nf4"):
     """QLoRA's base: the model with its linear layers in 4 bits (bitsandbytes ``nf4`` or ``fp4``,
     compute in float32), prepared with peft's ``prepare_model_for_kbit_training`` (no gradient
@@ -124,7 +102,7 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
     Each run copies ``base_model`` (which is not modified), keeps ``alpha`` fixed (so the
     scaling ``alpha / r`` shrinks as ``r`` grows, as in the LoRA paper), trains ``steps`` steps on
     the same batches, and records the final training loss (mean of the last 3 steps) and
-    :func:`answer_loss` on ``eval_examples``. A run whose loss becomes infinite or NaN is kept
+    :func:`~course_lib.hpo.validation_loss` on ``eval_examples``. A run whose loss becomes infinite or NaN is kept
     with ``diverged=True`` and infinite losses. Returns a pandas DataFrame, one row per run.
     """
     import pandas as pd
@@ -139,7 +117,7 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
             run = fine_tune(model, tokenizer, train_examples, steps=steps, lr=lr, batch_size=batch_size,
                             seed=seed, progress=False)
             row.update({"final train loss": sum(run.losses[-3:]) / len(run.losses[-3:]),
-                        "held-out answer loss": answer_loss(model, tokenizer, eval_examples), "diverged": False})
+                        "held-out answer loss": validation_loss(model, tokenizer, eval_examples), "diverged": False})
         except FloatingPointError:
             row.update({"final train loss": float("inf"), "held-out answer loss": float("inf"), "diverged": True})
         rows.append(row)

@@ -83,6 +83,24 @@ def test_claim_table_computes_verdicts():
     assert verdict(False).startswith("❌")
     with pytest.raises(ValueError, match="claim, source, measured, holds"):
         claim_table([("too", "short")])
+    with pytest.raises(ValueError, match="inconclusive"):
+        verdict("maybe")
+
+
+def test_rate_comparison_uses_the_noise_band():
+    import pytest
+
+    from course_lib.claims import INCONCLUSIVE, rate_comparison, verdict
+
+    # band = 2 * sqrt(2 * 0.25 / 100) = 0.1414: 0.5 vs 0.4 is inside, 0.6 vs 0.4 outside
+    assert rate_comparison(0.5, 0.4, 100) == INCONCLUSIVE
+    assert rate_comparison(0.6, 0.4, 400) is True and rate_comparison(0.4, 0.6, 400) is False
+    assert rate_comparison(0.051, 0.051, 6000) == INCONCLUSIVE
+    assert verdict(INCONCLUSIVE).startswith("❔")
+    with pytest.raises(ValueError, match="positive"):
+        rate_comparison(0.5, 0.5, 0)
+    with pytest.raises(ValueError, match="proportions"):
+        rate_comparison(51.0, 5.0, 100)
 
 
 def test_check_result_is_truthy_and_silent_in_jupyter():

@@ -12,7 +12,8 @@ from course_lib.lora import (SIZES, LoRALinear, add_lora_, compare_generation_sp
                              lora_config, lora_parameter_count, lora_parameter_table,
                              max_abs_logit_difference, release_memory, resolve_targets,
                              trainable_parameters)
-from course_lib.lora_training import (FineTuneResult, answer_loss, fine_tune, load_qlora_base,
+from course_lib.hpo import validation_loss
+from course_lib.lora_training import (FineTuneResult, fine_tune, load_qlora_base,
                                       lora_sweep, sweep_effects)
 from course_lib.profiles import sizes_for
 from course_lib.tasks import Example
@@ -175,6 +176,9 @@ def test_compare_generation_speed_side_by_side(tokenizer):
     assert list(table["model"]) == ["base", "adapter"]
     assert (table["tokens_per_s"] > 0).all()
     assert table["tokens_per_s"].iloc[0] == pytest.approx(3 / table["latency_s"].iloc[0])
+    assert (table["spread"] >= 0).all()
+    once = compare_generation_speed({"base": base}, tokenizer, new_tokens=3, repeats=1)
+    assert once["spread"].iloc[0] == 0  # one timing: no spread
     with pytest.raises(ValueError, match="at least one model"):
         compare_generation_speed({}, tokenizer, new_tokens=3, repeats=1)
 
@@ -185,16 +189,16 @@ def test_compare_generation_speed_side_by_side(tokenizer):
 def test_fine_tune_trains_only_the_adapter_and_reports_costs():
     model = add_lora_(tiny_llama(vocab_size=256), r=4, targets="q,v")
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = answer_loss(model, CharTokenizer(), EXAMPLES, batch_size=3)
+    before = validation_loss(model, CharTokenizer(), EXAMPLES, batch_size=3)
     run = fine_tune(model, CharTokenizer(), EXAMPLES, steps=20, lr=1e-2, batch_size=4, progress=False)
     release_memory()
     assert isinstance(run, FineTuneResult) and len(run.losses) == 20
-    assert answer_loss(model, CharTokenizer(), EXAMPLES) < before
+    assert validation_loss(model, CharTokenizer(), EXAMPLES) < before
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert run.optimizer_state_bytes == 8 * run.trainable_params == 2 * run.gradient_bytes
     assert 0 < run.trainable_percent < 10 and run.seconds_per_step > 0 and run.peak_memory_bytes > 0
     with pytest.raises(ValueError):
-        answer_loss(model, CharTokenizer(), [])
+        validation_loss(model, CharTokenizer(), [])
 
 
 def test_lora_sweep_and_effects():

@@ -182,8 +182,12 @@ def pareto_front(df, x: str, y: str, x_larger_is_better: bool) -> list[int]:
     return front
 
 
-def pareto_plot(df, annotate: bool = True, max_perplexity: float | None = None):
+def pareto_plot(df, annotate: bool | str = "front", max_perplexity: float | None = None):
     """Two panels: footprint (MB) vs perplexity and tokens/s vs perplexity, Pareto fronts drawn.
+
+    ``annotate``: ``"front"`` (default) labels the models on each panel's Pareto front and the
+    capped ones, so that a plot of many models stays readable (the rest are in the table);
+    ``True`` labels every model, ``False`` none.
 
     Perplexity is on a log axis, capped at ``max_perplexity`` (default: 20 x the best one) so
     that one broken model (perplexity 1e9 after removing the wrong layers) does not flatten the
@@ -198,18 +202,22 @@ def pareto_plot(df, annotate: bool = True, max_perplexity: float | None = None):
     cap = max_perplexity or (20 * data["perplexity"].min() if len(data) else 1.0)
     data["shown"] = data["perplexity"].clip(upper=cap)
     panels = [("footprint_MB", "footprint (MB, true)", False), ("tokens_per_s", "generation tokens/s", True)]
+    if annotate not in (True, False, "front"):
+        raise ValueError(f"annotate must be True, False or 'front'; got {annotate!r}.")
     for ax, (x, label, larger_better) in zip(axes, panels):
+        on_front = set(pareto_front(data, x, "perplexity", larger_better))
         for chapter, group in data.groupby("chapter"):
             inside, above = group[group["perplexity"] <= cap], group[group["perplexity"] > cap]
             points = ax.scatter(inside[x], inside["shown"], label=chapter, s=40)
             ax.scatter(above[x], above["shown"], marker="^", s=60, color=points.get_facecolor()[0]
                        if len(inside) else None)
             if annotate:
-                for _, r in group.iterrows():
-                    if r[x] == r[x]:  # not NaN
+                for index, r in group.iterrows():
+                    wanted = annotate is True or index in on_front or r["perplexity"] > cap
+                    if r[x] == r[x] and wanted:  # not NaN
                         text = r["name"] if r["perplexity"] <= cap else f"{r['name']} (ppl {r['perplexity']:.3g})"
                         ax.annotate(text, (r[x], r["shown"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = data.loc[pareto_front(data, x, "perplexity", larger_better)].sort_values(x)
+        front = data.loc[sorted(on_front)].sort_values(x)
         if len(front) > 1:
             ax.step(front[x], front["shown"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
         ax.set_xlabel(label)

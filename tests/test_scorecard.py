@@ -61,6 +61,15 @@ def test_pareto_plot_draws_two_panels(results_tmp):
     fig = pareto_plot(load_records("smoke"))
     assert len(fig.axes) == 2
     assert fig.axes[0].get_xlabel().startswith("footprint")
+    # c (300 MB, ppl 35) is on the footprint front, so all three are labelled there; a dominated
+    # model (bigger and worse than a) is labelled only when every label is asked for
+    save_record(_record("d", 45.0, 600, 5))
+    labels = lambda fig: {t.get_text() for t in fig.axes[0].texts}  # noqa: E731
+    assert labels(pareto_plot(load_records("smoke"))) == {"a", "b", "c"}
+    assert labels(pareto_plot(load_records("smoke"), annotate=True)) == {"a", "b", "c", "d"}
+    assert labels(pareto_plot(load_records("smoke"), annotate=False)) == set()
+    with pytest.raises(ValueError, match="annotate"):
+        pareto_plot(load_records("smoke"), annotate="all")
 
 
 def test_pareto_plot_caps_broken_models(results_tmp):

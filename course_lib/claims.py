@@ -46,6 +46,40 @@ def rate_comparison(a: float, b: float, n: int, z: float = 2.0):
     return INCONCLUSIVE
 
 
+def speedup_verdict(ratio: float, spread: float, threshold: float = 1.05):
+    """Is a measured speed-up ``ratio`` (new speed / old speed) at least ``threshold``, given that
+    repeated timings of one model vary by ``spread`` (relative, e.g. (max - min) / median)?
+
+    True if ``ratio >= threshold`` and ``ratio - 1 > spread``; False if ``ratio < threshold`` and
+    ``threshold - ratio > spread``; otherwise :data:`INCONCLUSIVE` (the gap is within the noise).
+    """
+    if ratio <= 0 or spread < 0:
+        raise ValueError(f"ratio must be positive and spread non-negative; got {ratio} and {spread}.")
+    if ratio >= threshold and ratio - 1 > spread:
+        return True
+    if ratio < threshold and threshold - ratio > spread:
+        return False
+    return INCONCLUSIVE
+
+
+def all_hold(*verdicts):
+    """Combine the verdicts of a claim's parts: False if any part is False, else
+    :data:`INCONCLUSIVE` if any part is, else True. (A part that is None was not measured: the
+    whole claim is then None, unless a part is False.)"""
+    if any(v is False for v in verdicts):
+        return False
+    if any(v is None for v in verdicts):
+        return None
+    if any(v == INCONCLUSIVE for v in verdicts):
+        return INCONCLUSIVE
+    return True
+
+
+def negate(holds):
+    """The verdict of the opposite claim: True <-> False; None and :data:`INCONCLUSIVE` stay."""
+    return (not holds) if isinstance(holds, bool) else holds
+
+
 def claim_table(rows):
     """A pandas table from ``(claim, source, measured, holds)`` tuples.
 

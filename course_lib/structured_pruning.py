@@ -364,8 +364,9 @@ def speed_comparison(models: dict[str, nn.Module], tokenizer, input_ids: torch.T
     each of ``rounds`` rounds, every model in turn is timed once: a forward pass over
     ``input_ids`` (:func:`forward_seconds`) and a greedy generation of ``new_tokens`` tokens
     (:func:`course_lib.metrics.generation_speed`). Interleaving spreads any slow-down caused by
-    other work on the machine over all models alike. Reports medians over the rounds:
-    ``{label: {"forward_s", "tokens_per_s"}}``.
+    other work on the machine over all models alike. Reports medians over the rounds and the
+    run-to-run spreads, ``(max - min) / median`` of each model's own timings (0 with one round):
+    ``{label: {"forward_s", "tokens_per_s", "forward_spread", "tokens_spread"}}``.
     """
     from .metrics import generation_speed
 
@@ -383,5 +384,9 @@ def speed_comparison(models: dict[str, nn.Module], tokenizer, input_ids: torch.T
             forward[label].append(forward_seconds(model, input_ids, repeats=1, warmup=0))
             tokens[label].append(generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1,
                                                   warmup=0)["tokens_per_s"])
-    return {label: {"forward_s": statistics.median(forward[label]), "tokens_per_s": statistics.median(tokens[label])}
+    def spread(values):
+        return (max(values) - min(values)) / statistics.median(values)
+
+    return {label: {"forward_s": statistics.median(forward[label]), "tokens_per_s": statistics.median(tokens[label]),
+                    "forward_spread": spread(forward[label]), "tokens_spread": spread(tokens[label])}
             for label in models}

@@ -103,6 +103,22 @@ def test_rate_comparison_uses_the_noise_band():
         rate_comparison(51.0, 5.0, 100)
 
 
+def test_speedup_verdict_and_combining_verdicts():
+    import pytest
+
+    from course_lib.claims import INCONCLUSIVE, all_hold, negate, speedup_verdict
+
+    assert speedup_verdict(1.19, 0.05) is True  # 19 % faster, timings vary by 5 %
+    assert speedup_verdict(1.19, 0.25) == INCONCLUSIVE  # ... but they vary by 25 %
+    assert speedup_verdict(0.98, 0.02) is False and speedup_verdict(0.98, 0.10) == INCONCLUSIVE
+    assert speedup_verdict(1.07, 0.01) is True and speedup_verdict(1.03, 0.01) is False
+    with pytest.raises(ValueError, match="positive"):
+        speedup_verdict(0.0, 0.1)
+    assert all_hold(True, True) is True and all_hold(True, INCONCLUSIVE) == INCONCLUSIVE
+    assert all_hold(INCONCLUSIVE, False) is False and all_hold(True, None) is None
+    assert negate(True) is False and negate(INCONCLUSIVE) == INCONCLUSIVE and negate(None) is None
+
+
 def test_check_result_is_truthy_and_silent_in_jupyter():
     from course_lib.checks import CheckResult
 

@@ -184,6 +184,9 @@ def test_speed_comparison_times_every_model(tokenizer):
     result = speed_comparison({"big": big, "small": small}, tokenizer, _blocks(2, 8), rounds=2, new_tokens=3)
     assert set(result) == {"big", "small"}
     assert all(r["forward_s"] > 0 and r["tokens_per_s"] > 0 for r in result.values())
+    assert all(r["forward_spread"] >= 0 and r["tokens_spread"] >= 0 for r in result.values())
+    once = speed_comparison({"big": big}, tokenizer, _blocks(2, 8), rounds=1, new_tokens=3)
+    assert once["big"]["forward_spread"] == 0 and once["big"]["tokens_spread"] == 0
     with pytest.raises(ValueError, match="rounds"):
         speed_comparison({"big": big}, tokenizer, _blocks(2, 8), rounds=0)
     with pytest.raises(ValueError, match="empty"):

@@ -13,14 +13,19 @@ VERDICTS = {True: "✅ holds here", False: "❌ does not hold here", None: "➖ 
             INCONCLUSIVE: "❔ inconclusive here (within noise)"}
 
 
-def verdict(holds) -> str:
-    """The verdict text for a measured outcome: True, False, None (could not be measured on this
-    machine) or :data:`INCONCLUSIVE` (measured, but the difference is within the noise)."""
+def _outcome(holds):
+    """``holds`` as one of True, False, None, INCONCLUSIVE (numpy and pandas booleans become bool)."""
     if isinstance(holds, str):
         if holds != INCONCLUSIVE:
             raise ValueError(f"holds must be True, False, None or {INCONCLUSIVE!r}; got {holds!r}.")
-        return VERDICTS[INCONCLUSIVE]
-    return VERDICTS[None if holds is None else bool(holds)]
+        return INCONCLUSIVE
+    return None if holds is None else bool(holds)
+
+
+def verdict(holds) -> str:
+    """The verdict text for a measured outcome: True, False, None (could not be measured on this
+    machine) or :data:`INCONCLUSIVE` (measured, but the difference is within the noise)."""
+    return VERDICTS[_outcome(holds)]
 
 
 def rate_comparison(a: float, b: float, n: int, z: float = 2.0):
@@ -66,6 +71,7 @@ def all_hold(*verdicts):
     """Combine the verdicts of a claim's parts: False if any part is False, else
     :data:`INCONCLUSIVE` if any part is, else True. (A part that is None was not measured: the
     whole claim is then None, unless a part is False.)"""
+    verdicts = [_outcome(v) for v in verdicts]
     if any(v is False for v in verdicts):
         return False
     if any(v is None for v in verdicts):
@@ -77,6 +83,7 @@ def all_hold(*verdicts):
 
 def negate(holds):
     """The verdict of the opposite claim: True <-> False; None and :data:`INCONCLUSIVE` stay."""
+    holds = _outcome(holds)
     return (not holds) if isinstance(holds, bool) else holds
 
 

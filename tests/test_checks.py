@@ -117,6 +117,10 @@ def test_speedup_verdict_and_combining_verdicts():
     assert all_hold(True, True) is True and all_hold(True, INCONCLUSIVE) == INCONCLUSIVE
     assert all_hold(INCONCLUSIVE, False) is False and all_hold(True, None) is None
     assert negate(True) is False and negate(INCONCLUSIVE) == INCONCLUSIVE and negate(None) is None
+    # comparisons of numpy/pandas numbers give numpy booleans, which are not `False` by identity
+    import numpy as np
+
+    assert all_hold(True, np.float64(1.0) > 2.0) is False and negate(np.True_) is False
 
 
 def test_check_result_is_truthy_and_silent_in_jupyter():

@@ -28,6 +28,16 @@ def verdict(holds) -> str:
     return VERDICTS[_outcome(holds)]
 
 
+def rate_band(a: float, b: float, n: int, z: float = 2.0) -> float:
+    """Noise band of the difference of two proportions ``a`` and ``b``, each over ``n`` trials:
+    ``z * sqrt(a (1 - a) / n + b (1 - b) / n)`` (``z`` standard errors)."""
+    if n < 1:
+        raise ValueError(f"n must be a positive number of trials, got {n}.")
+    if not (0 <= a <= 1 and 0 <= b <= 1):
+        raise ValueError(f"a and b must be proportions in [0, 1]; got {a} and {b}.")
+    return z * math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+
+
 def rate_comparison(a: float, b: float, n: int, z: float = 2.0):
     """Is rate ``a`` higher than rate ``b``, both measured as proportions over ``n`` trials?
 
@@ -39,11 +49,7 @@ def rate_comparison(a: float, b: float, n: int, z: float = 2.0):
     same items). Returns True if ``a - b > band``, False if ``b - a > band``, else
     :data:`INCONCLUSIVE`: a verdict for :func:`claim_table`.
     """
-    if n < 1:
-        raise ValueError(f"n must be a positive number of trials, got {n}.")
-    if not (0 <= a <= 1 and 0 <= b <= 1):
-        raise ValueError(f"a and b must be proportions in [0, 1]; got {a} and {b}.")
-    band = z * math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+    band = rate_band(a, b, n, z)
     if a - b > band:
         return True
     if b - a > band:
@@ -63,6 +69,22 @@ def speedup_verdict(ratio: float, spread: float, threshold: float = 1.05):
     if ratio >= threshold and ratio - 1 > spread:
         return True
     if ratio < threshold and threshold - ratio > spread:
+        return False
+    return INCONCLUSIVE
+
+
+def within_tolerance(gap: float, tolerance: float, noise: float):
+    """Is a measured relative ``gap`` (e.g. 1 - merged speed / base speed) at most ``tolerance``,
+    when repeated measurements vary by ``noise`` (relative)?
+
+    True if ``gap + noise <= tolerance`` (within tolerance even at the noisy extreme); False if
+    ``gap - noise > tolerance``; otherwise :data:`INCONCLUSIVE`.
+    """
+    if noise < 0 or tolerance < 0:
+        raise ValueError(f"tolerance and noise must be non-negative; got {tolerance} and {noise}.")
+    if gap + noise <= tolerance:
+        return True
+    if gap - noise > tolerance:
         return False
     return INCONCLUSIVE
 

@@ -7,7 +7,9 @@
   ``sum(p.numel() * p.element_size())``, which misses quantization state.
 * :func:`count_parameters`: logical parameter count, non-zeros and sparsity.
 * :func:`generation_speed`: greedy generation latency and tokens/s, after a warm-up, with GPU
-  synchronisation.
+  synchronisation; :func:`forward_seconds`: one forward pass over a batch (prefill).
+* :func:`compare_speeds`: several models timed side by side in interleaved rounds, with the
+  run-to-run :func:`relative_spread` that tells a real difference from noise.
 * :class:`PeakMemory`: peak memory while a block of code runs.
 """
 
@@ -285,6 +287,88 @@ def generation_speed(model, tokenizer, prompt: str = DEFAULT_PROMPT, new_tokens:
     latency = statistics.median(times)
     return {"latency_s": latency, "tokens_per_s": produced / latency, "new_tokens": produced,
             "times_s": times}
+
+
+@torch.no_grad()
+def forward_seconds(model, input_ids: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall-clock seconds of one forward pass over ``input_ids`` (a batch of token blocks).
+
+    ``warmup`` untimed passes first; the device is synchronised around each timed pass. This is
+    the prompt-processing (prefill) cost, where compute, not Python overhead, dominates.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"Need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    input_ids = input_ids.to(device)
+    for _ in range(warmup):
+        model(input_ids=input_ids)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        model(input_ids=input_ids)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return statistics.median(times)
+
+
+def relative_spread(values) -> float:
+    """Run-to-run spread of repeated timings: ``(max - min) / median`` (0 for a single value)."""
+    values = list(values)
+    if not values:
+        raise ValueError("relative_spread needs at least one value.")
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def compare_speeds(models: dict, tokenizer, new_tokens: int = 32, rounds: int = 3,
+                   forward_input: torch.Tensor | None = None):
+    """Time several models **side by side**, so that drift in the machine's speed hits all alike.
+
+    Each model gets one untimed generation (and forward pass) as warm-up. Then, in each of
+    ``rounds`` rounds, every model is timed once: a greedy generation of ``new_tokens`` tokens
+    (:func:`generation_speed`) and, if ``forward_input`` is given, one forward pass over it
+    (:func:`forward_seconds`). Round ``i`` starts with model ``i mod n``, so no model is always first.
+
+    Returns a pandas DataFrame indexed by the models' labels, in the given order, with the
+    medians ``latency_s`` and ``tokens_per_s = new_tokens / latency_s`` and ``spread``, the
+    :func:`relative_spread` of that model's latencies; with ``forward_input`` also
+    ``forward_s`` and ``forward_spread``. A difference between two models smaller than their
+    spreads is within this machine's noise.
+    """
+    import pandas as pd
+
+    if not models:
+        raise ValueError("compare_speeds needs at least one model, e.g. {'base': model}.")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
+    names = list(models)
+    for name in names:
+        generation_speed(models[name], tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
+        if forward_input is not None:
+            forward_seconds(models[name], forward_input, repeats=1, warmup=0)
+    latency = {name: [] for name in names}
+    forward = {name: [] for name in names}
+    produced = {}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            timing = generation_speed(models[name], tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
+            latency[name].append(timing["latency_s"])
+            produced[name] = timing["new_tokens"]
+            if forward_input is not None:
+                forward[name].append(forward_seconds(models[name], forward_input, repeats=1, warmup=0))
+    rows = {}
+    for name in names:
+        row = {"latency_s": statistics.median(latency[name]),
+               "tokens_per_s": produced[name] / statistics.median(latency[name]),
+               "spread": relative_spread(latency[name])}
+        if forward_input is not None:
+            row.update(forward_s=statistics.median(forward[name]), forward_spread=relative_spread(forward[name]))
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 # --------------------------------------------------------------------------- memory

@@ -90,13 +90,14 @@ def test_claim_table_computes_verdicts():
 def test_rate_comparison_uses_the_noise_band():
     import pytest
 
-    from course_lib.claims import INCONCLUSIVE, rate_comparison, verdict
+    from course_lib.claims import INCONCLUSIVE, rate_band, rate_comparison, verdict
 
     # band = 2 * sqrt(2 * 0.25 / 100) = 0.1414: 0.5 vs 0.4 is inside, 0.6 vs 0.4 outside
     assert rate_comparison(0.5, 0.4, 100) == INCONCLUSIVE
     assert rate_comparison(0.6, 0.4, 400) is True and rate_comparison(0.4, 0.6, 400) is False
     assert rate_comparison(0.051, 0.051, 6000) == INCONCLUSIVE
     assert verdict(INCONCLUSIVE).startswith("❔")
+    assert rate_band(0.5, 0.5, 100) == pytest.approx(2 * (0.5 / 100) ** 0.5)
     with pytest.raises(ValueError, match="positive"):
         rate_comparison(0.5, 0.5, 0)
     with pytest.raises(ValueError, match="proportions"):
@@ -106,7 +107,7 @@ def test_rate_comparison_uses_the_noise_band():
 def test_speedup_verdict_and_combining_verdicts():
     import pytest
 
-    from course_lib.claims import INCONCLUSIVE, all_hold, negate, speedup_verdict
+    from course_lib.claims import INCONCLUSIVE, all_hold, negate, speedup_verdict, within_tolerance
 
     assert speedup_verdict(1.19, 0.05) is True  # 19 % faster, timings vary by 5 %
     assert speedup_verdict(1.19, 0.25) == INCONCLUSIVE  # ... but they vary by 25 %
@@ -117,6 +118,11 @@ def test_speedup_verdict_and_combining_verdicts():
     assert all_hold(True, True) is True and all_hold(True, INCONCLUSIVE) == INCONCLUSIVE
     assert all_hold(INCONCLUSIVE, False) is False and all_hold(True, None) is None
     assert negate(True) is False and negate(INCONCLUSIVE) == INCONCLUSIVE and negate(None) is None
+    assert within_tolerance(0.02, 0.05, 0.01) is True  # even 3 % is inside 5 %
+    assert within_tolerance(0.12, 0.05, 0.03) is False  # even 9 % is outside
+    assert within_tolerance(0.04, 0.05, 0.23) == INCONCLUSIVE  # noise larger than the tolerance
+    with pytest.raises(ValueError, match="non-negative"):
+        within_tolerance(0.0, 0.05, -0.1)
     # comparisons of numpy/pandas numbers give numpy booleans, which are not `False` by identity
     import numpy as np
 

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.layers import linear_layers
-from course_lib.metrics import (PeakMemory, count_parameters, exact_match, footprint_bytes, generate_answers,
-                                generation_speed, naive_footprint_bytes, nll_sum, perplexity)
+from course_lib import metrics
+from course_lib.metrics import (PeakMemory, compare_speeds, count_parameters, exact_match, footprint_bytes,
+                                forward_seconds, generate_answers, generation_speed, naive_footprint_bytes, nll_sum,
+                                perplexity, relative_spread)
 from course_lib.tasks import Example
 from course_lib.tiny_models import tiny_llama
 
@@ -127,3 +129,59 @@ def test_parameter_count_is_a_record():
 
     counts = count_parameters(torch.nn.Linear(3, 2, bias=False))
     assert isinstance(counts, ParameterCount) and counts.total == 6 and counts.sparsity == pytest.approx(0.0)
+
+
+def test_forward_seconds():
+    model = tiny_llama(vocab_size=97)
+    blocks = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert 0 < forward_seconds(model, blocks, repeats=2) < 5
+    with pytest.raises(ValueError, match="repeats"):
+        forward_seconds(model, blocks, repeats=0)
+
+
+def test_relative_spread():
+    assert relative_spread([2.0, 3.0, 4.0]) == pytest.approx(2.0 / 3.0)
+    assert relative_spread([1.5]) == 0
+    with pytest.raises(ValueError, match="at least one"):
+        relative_spread([])
+
+
+def test_compare_speeds_interleaves_rotates_and_takes_medians(monkeypatch):
+    """Fake timers: check the order of calls, the medians and the spreads exactly."""
+    calls = []
+    latencies = {"a": iter([9.0, 2.0, 4.0, 3.0]), "b": iter([9.0, 1.0, 1.0, 1.0])}  # warm-up first
+    forwards = {"a": iter([9.0, 0.5, 0.5, 0.5]), "b": iter([9.0, 0.2, 0.4, 0.3])}
+    models = {"a": "model a", "b": "model b"}
+    label = {v: k for k, v in models.items()}
+
+    def fake_generation_speed(model, tokenizer, new_tokens, repeats, warmup):
+        calls.append(("gen", label[model]))
+        latency = next(latencies[label[model]])
+        return {"latency_s": latency, "tokens_per_s": new_tokens / latency, "new_tokens": new_tokens}
+
+    def fake_forward_seconds(model, input_ids, repeats, warmup):
+        calls.append(("fwd", label[model]))
+        return next(forwards[label[model]])
+
+    monkeypatch.setattr(metrics, "generation_speed", fake_generation_speed)
+    monkeypatch.setattr(metrics, "forward_seconds", fake_forward_seconds)
+    table = compare_speeds(models, tokenizer=None, new_tokens=6, rounds=3, forward_input=torch.zeros(1, 2))
+    order = [name for kind, name in calls if kind == "gen"]
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-ups, then round i starts at i mod n
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "latency_s"] == 3.0 and table.loc["a", "tokens_per_s"] == 2.0
+    assert table.loc["a", "spread"] == pytest.approx((4.0 - 2.0) / 3.0) and table.loc["b", "spread"] == 0
+    assert table.loc["b", "forward_s"] == pytest.approx(0.3)
+    assert table.loc["b", "forward_spread"] == pytest.approx((0.4 - 0.2) / 0.3)
+    with pytest.raises(ValueError, match="rounds"):
+        compare_speeds(models, None, rounds=0)
+    with pytest.raises(ValueError, match="at least one model"):
+        compare_speeds({}, None)
+
+
+def test_compare_speeds_on_real_generation(tokenizer):
+    base = tiny_llama(vocab_size=len(tokenizer))
+    table = compare_speeds({"base": base}, tokenizer, new_tokens=3, rounds=2)
+    assert list(table.columns) == ["latency_s", "tokens_per_s", "spread"]
+    assert table.loc["base", "tokens_per_s"] == pytest.approx(3 / table.loc["base", "latency_s"])
+

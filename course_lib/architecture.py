@@ -35,15 +35,17 @@ import torch
 from .device import model_device
 
 SIZES = {
-    # depths of the equal-budget configurations and their timing repeats; validation blocks and
-    # layer counts of the layer-removal sweep; layers removed before healing (the MLP width cut
-    # is then chosen to remove as many parameters); healing steps, batch size and learning rate
-    "smoke": {"depths": [6, 30], "timing_repeats": 1, "sweep_blocks": 2, "sweep_k": [2, 6],
-              "heal_remove": 10, "heal_steps": 2, "heal_batch_size": 2, "heal_lr": 2e-4},
-    "cpu": {"depths": [6, 12, 30, 60], "timing_repeats": 2, "sweep_blocks": 16, "sweep_k": [2, 4, 6, 8, 10],
-            "heal_remove": 10, "heal_steps": 16, "heal_batch_size": 4, "heal_lr": 2e-4},
-    "gpu": {"depths": [6, 12, 30, 60], "timing_repeats": 5, "sweep_blocks": 64, "sweep_k": [1, 2, 4, 6, 8, 10, 12],
-            "heal_remove": 10, "heal_steps": 1500, "heal_batch_size": 16, "heal_lr": 1e-4},
+    # depths of the equal-budget configurations (timed side by side with the profile's
+    # timing_repeats rounds); validation blocks and layer counts of the layer-removal sweep;
+    # healing steps, batch size and learning rate. The number of layers removed before healing
+    # is chapter 04's depth student's, ``course_lib.distillation.SIZES[...]["remove_layers"]``
+    # (the MLP width cut is then chosen to remove as many parameters).
+    "smoke": {"depths": [6, 30], "sweep_blocks": 2, "sweep_k": [2, 6],
+              "heal_steps": 2, "heal_batch_size": 2, "heal_lr": 2e-4},
+    "cpu": {"depths": [6, 12, 30, 60], "sweep_blocks": 16, "sweep_k": [2, 4, 6, 8, 10],
+            "heal_steps": 16, "heal_batch_size": 4, "heal_lr": 2e-4},
+    "gpu": {"depths": [6, 12, 30, 60], "sweep_blocks": 64, "sweep_k": [1, 2, 4, 6, 8, 10, 12],
+            "heal_steps": 1500, "heal_batch_size": 16, "heal_lr": 1e-4},
 }
 
 

@@ -23,6 +23,11 @@ Two ways to train with it, same loss:
 Measurements: :func:`top1_predictions` and :func:`top1_agreement` (how often the student's most
 likely next token is the teacher's), and :func:`teacher_samples` for sequence-level distillation
 (train on text the teacher wrote).
+
+The chapter's experiment, one configuration at a time: :func:`train_student` trains a student
+with cross-entropy on the text (no teacher: the "CE" run) or with the distillation loss (the "KD"
+run), and :func:`evaluate_student` measures it with the course scorecard plus the top-1 agreement
+with the teacher and the next-token accuracy, and saves the record.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .device import model_device
+from .scorecard import Record, measure, save_record
+from .training import TrainResult, block_batches, causal_lm_loss, train
 
 SIZES = {
     # steps, batch size and learning rates (depth student; small fresh student) of every training
-    # run; the distillation loss's settings; layers removed for the depth student; the small
-    # student's shape; Trainer demo steps; sequence-level distillation: teacher samples, prompt
-    # and new tokens; temperatures of the soft-target plot
+    # run; the distillation loss's settings; layers removed for the depth student (chapter 06
+    # removes the same number from the same teacher, so both chapters' depth students have one
+    # architecture); the small student's shape; Trainer demo steps; sequence-level distillation:
+    # teacher samples, prompt and new tokens; temperatures of the soft-target plot
     "smoke": {"steps": 2, "batch_size": 2, "lr": 2e-4, "small_lr": 3e-3, "temperature": 1.0, "alpha": 0.0,
               "remove_layers": 10, "small_layers": 2, "small_hidden": 192, "trainer_steps": 2,
               "seq_samples": 4, "seq_prompt_tokens": 8, "seq_new_tokens": 8, "temperatures": [0.5, 1.0, 2.0, 4.0]},
@@ -289,3 +297,45 @@ def teacher_samples(teacher, prompts: torch.Tensor, new_tokens: int, batch_size:
                                      pad_token_id=teacher.config.eos_token_id)
         out.append(generated.cpu())
     return torch.cat(out)
+
+
+def train_student(student, blocks: torch.Tensor, *, steps: int, lr: float, batch_size: int, teacher=None,
+                  temperature: float = 1.0, alpha: float = 0.0, reverse: bool = False, seed: int = 0,
+                  progress: bool = True, desc: str = "student") -> TrainResult:
+    """Train ``student`` in place on token ``blocks``: one configuration of the chapter's experiment.
+
+    Without a ``teacher`` the loss is the ordinary next-token cross-entropy on the blocks (the
+    "CE" run); with one it is :func:`distillation_loss` from the teacher at ``temperature`` and
+    ``alpha`` (the "KD" run). Everything else is shared, so two runs differ only in the loss:
+    the same shuffled batches (``seed``), ``course_lib.training.train`` (AdamW, ``steps // 10``
+    warm-up steps then linear decay, gradient clipping at 1). Returns the loop's ``TrainResult``.
+    """
+    loss_fn = causal_lm_loss if teacher is None else distillation_loss_fn(teacher, temperature, alpha, reverse)
+    return train(student, block_batches(blocks, batch_size, seed=seed), steps=steps, lr=lr,
+                 warmup_steps=steps // 10, loss_fn=loss_fn, progress=progress, desc=desc)
+
+
+def evaluate_student(model, tokenizer, val_blocks: torch.Tensor, teacher_top1: torch.Tensor, chapter: str,
+                     name: str, notes: str = "", *, speed: bool = True, batch_size: int = 8, profile=None,
+                     progress: bool = True) -> Record:
+    """Measure a student with the course scorecard, add its agreement with the teacher, save it.
+
+    ``val_blocks`` are the scorecard's validation blocks and ``teacher_top1`` the teacher's
+    :func:`top1_predictions` on them. The record (returned, and saved with
+    ``course_lib.scorecard.save_record``) is :func:`course_lib.scorecard.measure`'s, with two extra
+    entries:
+
+    * ``top1_agreement``: fraction of positions where the student's most likely next token is
+      the teacher's;
+    * ``next_token_accuracy``: fraction where it is the real next token ``val_blocks[:, 1:]``.
+    """
+    if teacher_top1.shape != (val_blocks.shape[0], val_blocks.shape[1] - 1):
+        raise ValueError(f"teacher_top1 must be the teacher's top-1 predictions on val_blocks, shape "
+                         f"{(val_blocks.shape[0], val_blocks.shape[1] - 1)}; got {tuple(teacher_top1.shape)}.")
+    top1 = top1_predictions(model, val_blocks, batch_size=batch_size, progress=progress)
+    extra = {"top1_agreement": top1_agreement(top1, teacher_top1),
+             "next_token_accuracy": top1_agreement(top1, val_blocks[:, 1:])}
+    record = measure(model, tokenizer, chapter=chapter, name=name, notes=notes, extra=extra, speed=speed,
+                     profile=profile, progress=progress)
+    save_record(record)
+    return record

@@ -15,6 +15,10 @@ A search needs five things, and this module gives each one a name:
 * a **budget** of trials, run by :func:`run_study`, which checks everything (space, budget,
   storage) before the first trial trains.
 
+Comparisons are read against their noise: :func:`sampler_summary` and :func:`sampler_verdict`
+(a sampler's lead only counts if it is larger than the spread across seeds),
+:func:`pruner_verdict` (decided seed by seed).
+
 Hyperparameters the objective understands (:data:`HYPERPARAMETERS`): ``lr``, ``batch_size``,
 ``steps``, ``warmup_fraction`` (warm-up steps = round(fraction * steps)) and ``lora_rank``
 (passed to the model factory). Each is either searched (in the space) or fixed.
@@ -44,6 +48,9 @@ from .training import task_batches, train
 
 # Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task;
 # the strategy and pruning comparisons use a tiny stand-in model (see ``tiny_model_factory``).
+# ``data_sizes``: every size is a multiple of ``real_batch_size`` and the largest is at most
+# ``final_steps * real_batch_size``, so the final training sees every one of its examples
+# (``accuracy_by_train_size`` checks it).
 SIZES = {
     "smoke": {
         "n_train": 32, "n_val": 8, "real_steps": 2, "real_batch_size": 2,
@@ -51,7 +58,7 @@ SIZES = {
         "pruning_trials": 6, "pruning_seeds": 1, "pruning_steps": 6, "pruning_eval_every": 2,
         "trainer_trials": 2, "trainer_steps": 2,
         "parallel_trials": 2, "parallel_workers": 2,
-        "data_sizes": (0, 8, 32), "final_steps": 2,
+        "data_sizes": (0, 2, 4), "final_steps": 2,
     },
     "cpu": {
         "n_train": 256, "n_val": 16, "real_steps": 4, "real_batch_size": 4,
@@ -59,7 +66,7 @@ SIZES = {
         "pruning_trials": 16, "pruning_seeds": 2, "pruning_steps": 40, "pruning_eval_every": 8,
         "trainer_trials": 3, "trainer_steps": 4,
         "parallel_trials": 6, "parallel_workers": 2,
-        "data_sizes": (0, 16, 256), "final_steps": 12,
+        "data_sizes": (0, 16, 48), "final_steps": 12,
     },
     "gpu": {
         "n_train": 2000, "n_val": 200, "real_steps": 60, "real_batch_size": 16,
@@ -259,31 +266,40 @@ def validation_loss(model, tokenizer, examples: list[Example], batch_size: int =
 # --------------------------------------------------------------------------- models for trials
 
 
-def lora_model_factory(base_model, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-                       alpha_per_rank: float = 2.0, default_rank: int = 8) -> Callable[[dict], torch.nn.Module]:
-    """A function ``params -> fresh LoRA model`` for trials (peft ``LoraConfig``/``get_peft_model``).
+def lora_model_factory(base_model, target_modules="attention", alpha_per_rank: float = 2.0, default_rank: int = 8,
+                       seed: int | None = 0) -> Callable[[dict], torch.nn.Module]:
+    """A function ``params -> fresh LoRA model`` for trials (:func:`course_lib.lora.add_lora_`).
 
     Every call deep-copies ``base_model`` (which is never modified) and adds adapters of rank
-    ``params.get("lora_rank", default_rank)`` with ``lora_alpha = alpha_per_rank * rank``; only
-    the adapters train. Chapter 05 explains LoRA itself.
+    ``params.get("lora_rank", default_rank)`` with ``lora_alpha = alpha_per_rank * rank`` on
+    ``target_modules`` (a preset of :func:`course_lib.lora.resolve_targets`, default all four
+    attention projections, ``c_attn`` on GPT-2, or a list of names, checked against the model);
+    only the adapters train. ``seed`` seeds the random initialisation of the adapters' ``A``
+    matrices, so the same ``params`` give the same initial model on every call (``None``: use
+    torch's current random state, e.g. seeded by the caller). Chapter 05 explains LoRA itself.
+
+    Raises:
+        ValueError: ``lora_rank`` below 1, or a target name that matches no linear layer.
     """
-    from peft import LoraConfig, get_peft_model
+    from .lora import add_lora_, lora_config
 
     def make(params: dict):
         rank = int(params.get("lora_rank", default_rank))
         if rank < 1:
             raise ValueError(f"lora_rank must be at least 1, got {rank}.")
-        config = LoraConfig(r=rank, lora_alpha=alpha_per_rank * rank, lora_dropout=0.0,
-                            target_modules=list(target_modules), task_type="CAUSAL_LM")
-        return get_peft_model(copy.deepcopy(base_model), config)
+        model = copy.deepcopy(base_model)
+        config = lora_config(model, r=rank, alpha=alpha_per_rank * rank,
+                             targets=target_modules if isinstance(target_modules, str) else list(target_modules))
+        return add_lora_(model, config, seed=seed)
 
     return make
 
 
 def tiny_model_factory(vocab_size: int, hidden_size: int = 32, num_layers: int = 2,
                        seed: int = 0) -> Callable[[dict], torch.nn.Module]:
-    """A function ``params -> fresh tiny Llama`` (all weights train), a stand-in model that makes
-    a trial take about a second so that search strategies can be compared many times over.
+    """A function ``params -> fresh tiny Llama`` (all weights train, initialised with ``seed``, so
+    every call gives the same initial weights), a stand-in model whose trials are cheap enough to
+    compare search strategies many times over.
 
     ``params["lora_rank"]``, if present, is ignored: there is no adapter here.
     """
@@ -300,7 +316,7 @@ class CompactTokenizer:
     """The course tokenizer restricted to the token ids some texts use, renumbered ``0..V-1``.
 
     A tiny model over the full 49,152-token vocabulary spends nearly all its time on the output
-    layer; the date task uses a few hundred distinct tokens. Wrapping the tokenizer shrinks the
+    layer; the date task uses a few dozen distinct tokens. Wrapping the tokenizer shrinks the
     stand-in model's vocabulary to those, and the course's ``encode_example``, ``collate`` and
     ``task_batches`` work unchanged. Text that contains a token outside the vocabulary raises.
     """
@@ -361,7 +377,8 @@ class TaskObjective:
     """An Optuna objective: ``objective(trial) -> validation loss`` (lower is better).
 
     For each trial: take the hyperparameters (``fixed`` merged with those suggested from
-    ``space``), build a **fresh** model with ``make_model(params)``, train it with
+    ``space``), seed torch with ``seed`` and build a **fresh** model with ``make_model(params)``
+    (so random initial weights are reproducible too), train it with
     ``course_lib.training.train`` on ``task_batches(train_examples, batch_size, seed)`` for
     ``steps`` steps at peak learning rate ``lr`` with ``round(warmup_fraction * steps)`` warm-up
     steps, and return :func:`validation_loss` on ``val_examples``.
@@ -416,6 +433,7 @@ class TaskObjective:
         steps = params["steps"]
         trial.set_user_attr("steps_planned", steps)
         trial.set_user_attr("pid", os.getpid())
+        torch.manual_seed(self.seed)  # a factory that draws random weights draws the same ones every time
         model = self.make_model(params)
         pruned_at = []
 
@@ -444,7 +462,8 @@ class TaskObjective:
         return value
 
     def with_seed(self, seed: int) -> "TaskObjective":
-        """The same objective with another training seed (batch order and initialisation)."""
+        """The same objective with another seed: batch order, and the initialisation of models
+        whose factory does not seed itself (the course factories do, unless built with ``seed=None``)."""
         return replace(self, seed=seed)
 
 
@@ -542,12 +561,43 @@ def open_storage(storage: str | None, heartbeat_s: int | None = None):
     except ImportError as err:  # optuna re-raises a missing driver as ImportError
         cause = err.__cause__ if isinstance(err.__cause__, ImportError) else err
         driver = getattr(cause, "name", None) or "its database driver"
-        raise ValueError(f"Storage {storage!r} needs {driver!r}, which is not installed: install the driver "
-                         "(e.g. pip install psycopg2-binary for PostgreSQL, pymysql for MySQL).") from None
+        package = driver_package(storage)
+        advice = f"pip install '{package}'" if package else "install the database driver the URL names"
+        raise ValueError(f"Storage {storage!r} needs {driver!r}, which is not installed: {advice}.") from None
     except Exception as err:  # sqlalchemy's OperationalError and friends
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Cannot reach the Optuna storage {storage!r}: {first}. Check the host, port, "
                          "credentials and that the database exists.") from None
+
+
+# SQLAlchemy's name of a database driver -> the pip package that provides it.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
+    "pymysql": "pymysql", "mysqldb": "mysqlclient", "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb", "pysqlite": None,
+}
+
+
+def driver_package(url: str) -> str | None:
+    """The pip package of the database driver a storage URL uses, as SQLAlchemy resolves it.
+
+    ``postgresql+psycopg2://`` needs ``psycopg2-binary``; with SQLAlchemy 2.1 a plain
+    ``postgresql://`` (like ``postgresql+psycopg://``) uses psycopg 3, ``psycopg[binary]``;
+    ``mysql+pymysql://`` needs ``pymysql``, a plain ``mysql://`` ``mysqlclient``. None for
+    SQLite (built into Python) and for anything that is not a database URL.
+    """
+    if "://" not in url:
+        return None
+    scheme = url.split("://", 1)[0]
+    try:
+        from sqlalchemy.engine import make_url
+
+        driver = make_url(url).get_dialect().driver
+    except Exception:  # an unknown dialect: fall back to the name after "+"
+        driver = scheme.split("+", 1)[1] if "+" in scheme else None
+    if driver is None:
+        return None
+    return DRIVER_PACKAGES.get(driver, driver)
 
 
 def check_budget(n_trials) -> int:
@@ -664,7 +714,9 @@ def compare_pruners(objective: TaskObjective, n_trials: int, seeds: list[int], p
     plus ``pruner``, ``seed`` and ``time_saved`` = 1 - this study's trial seconds / the unpruned
     study's (same seed); and the studies themselves, keyed ``(pruner, seed)``. Without a pruner the
     objective makes no intermediate evaluations (``eval_every=0``), so the baseline pays only for
-    training.
+    training. Each study has a fixed name (``"hyperband-seed-0"``...), because Hyperband assigns
+    trials to brackets by a hash of the study name: an unnamed study gets a random name, and its
+    pruning decisions would change from run to run.
     """
     import pandas as pd
 
@@ -680,7 +732,8 @@ def compare_pruners(objective: TaskObjective, n_trials: int, seeds: list[int], p
             obj = replace(objective, seed=seed, eval_every=objective.eval_every if name else 0)
             study = run_study(obj, n_trials, sampler=make_sampler(sampler, seed=seed, n_startup_trials=n_startup_trials),
                               pruner=make_pruner(name, max_steps=steps, eval_every=objective.eval_every,
-                                                 n_startup_trials=n_startup_trials), progress=False)
+                                                 n_startup_trials=n_startup_trials), progress=False,
+                              study_name=f"{name or 'none'}-seed-{seed}")
             rows.append({"pruner": name or "none", "seed": seed, **study_cost(study)})
             studies[(name or "none", seed)] = study
     df = pd.DataFrame(rows)
@@ -689,21 +742,140 @@ def compare_pruners(objective: TaskObjective, n_trials: int, seeds: list[int], p
     return df, studies
 
 
+def sampler_summary(df):
+    """The final best value of every study of :func:`compare_samplers`, one row per sampler: a
+    column per seed, then ``mean`` over seeds and ``spread`` = max - min over seeds (how much
+    the result of one study moves with the seed alone)."""
+    if df.empty:
+        raise ValueError("sampler_summary needs the rows of compare_samplers, got an empty table.")
+    table = df.sort_values("trial").groupby(["sampler", "seed"], sort=False)["best_so_far"].last().unstack()
+    table.columns = [f"seed {c}" for c in table.columns]
+    values = table.copy()
+    table["mean"] = values.mean(axis=1)
+    table["spread"] = values.max(axis=1) - values.min(axis=1)
+    return table
+
+
+def lead_verdict(summary, better: str, worse: str):
+    """Does sampler ``better`` reach a lower mean best value than ``worse``, by more than the noise?
+
+    The noise is the larger of the two samplers' spreads across seeds (:func:`sampler_summary`):
+    a lead only counts if it is larger. True if ``mean[worse] - mean[better]`` exceeds it, False
+    if ``mean[better] - mean[worse]`` does, else ``claims.INCONCLUSIVE`` (also with fewer than
+    two seeds, when there is no spread to compare with).
+    """
+    from .claims import INCONCLUSIVE
+
+    for name in (better, worse):
+        if name not in summary.index:
+            raise ValueError(f"No sampler {name!r} in the summary; it has {list(summary.index)}.")
+    seeds = [c for c in summary.columns if str(c).startswith("seed ")]
+    if len(seeds) < 2:
+        return INCONCLUSIVE
+    lead = summary.loc[worse, "mean"] - summary.loc[better, "mean"]
+    noise = max(summary.loc[better, "spread"], summary.loc[worse, "spread"])
+    if lead > noise:
+        return True
+    if -lead > noise:
+        return False
+    return INCONCLUSIVE
+
+
+def sampler_verdict(summary, sampler: str = "tpe", rivals=("random", "grid")):
+    """Does ``sampler`` beat every one of ``rivals`` beyond the noise? :func:`lead_verdict` for each
+    rival, combined with ``claims.all_hold`` (False if it loses to one, INCONCLUSIVE if any lead
+    is within the noise)."""
+    from .claims import all_hold
+
+    if not rivals:
+        raise ValueError("sampler_verdict needs at least one rival sampler.")
+    return all_hold(*(lead_verdict(summary, sampler, rival) for rival in rivals))
+
+
+def best_change_by_seed(df, pruner: str = "hyperband"):
+    """Per seed, the relative change of the best value that ``pruner``'s study found against the
+    unpruned study of the same seed (rows of :func:`compare_pruners`): ``best / best_none - 1``
+    (positive: the pruned search ended worse). A pandas Series indexed by seed."""
+    for name in (pruner, "none"):
+        if name not in set(df.pruner):
+            raise ValueError(f"No {name!r} studies in the table; it has {sorted(set(df.pruner))}.")
+    best = df.pivot_table(index="seed", columns="pruner", values="best")
+    return best[pruner] / best["none"] - 1
+
+
+def pruner_verdict(df, pruner: str = "hyperband", tolerance: float = 0.05, min_saved: float = 0.2):
+    """Does ``pruner`` save more than ``min_saved`` of the training steps without losing the best
+    result (a best value at most ``tolerance`` worse than the unpruned search's)? Decided per seed,
+    because one seed can lose while another wins:
+
+    * saving: True if every seed saved more than ``min_saved``, False if none did;
+    * best result: True if no seed lost more than ``tolerance`` (:func:`best_change_by_seed`),
+      False if every seed did;
+    * anything mixed is ``claims.INCONCLUSIVE``; the two parts combine with ``claims.all_hold``.
+    """
+    from .claims import INCONCLUSIVE, all_hold
+
+    def every_seed(flags):
+        flags = [bool(f) for f in flags]
+        return True if all(flags) else False if not any(flags) else INCONCLUSIVE
+
+    saved = df[df.pruner == pruner]["compute_saved"]
+    if saved.empty:
+        raise ValueError(f"No {pruner!r} studies in the table; it has {sorted(set(df.pruner))}.")
+    change = best_change_by_seed(df, pruner)
+    kept = every_seed(change <= tolerance)
+    return all_hold(every_seed(saved > min_saved), kept)
+
+
+def check_train_sizes(train_sizes, n_available: int, steps: int, batch_size: int) -> list[int]:
+    """The sorted, distinct training-set sizes of :func:`accuracy_by_train_size`, after checking
+    that a run of ``steps`` batches of ``batch_size`` sees every example of each size at least once.
+
+    ``task_batches`` shuffles the examples once per pass and drops the last ``n % batch_size`` of
+    each pass, so each non-zero size must be a multiple of ``batch_size``, and the largest at most
+    ``steps * batch_size`` (one full pass). Otherwise the label "trained on n examples" would be
+    false: a ValueError says which size to change.
+    """
+    sizes = sorted(set(int(n) for n in train_sizes))
+    if not sizes or sizes[0] < 0 or sizes[-1] > n_available:
+        raise ValueError(f"train_sizes must be between 0 and {n_available} (the training examples), got {train_sizes}.")
+    ragged = [n for n in sizes if n % batch_size]
+    if ragged:
+        raise ValueError(f"train_sizes {ragged} are not multiples of the batch size {batch_size}: each pass over "
+                         f"the examples would drop {[n % batch_size for n in ragged]} of them.")
+    if sizes[-1] > steps * batch_size:
+        raise ValueError(f"{steps} steps of batch {batch_size} see only {steps * batch_size} examples, fewer than the "
+                         f"largest training-set size {sizes[-1]}: use at most {steps * batch_size} examples, or at "
+                         f"least {math.ceil(sizes[-1] / batch_size)} steps.")
+    return sizes
+
+
 def accuracy_by_train_size(make_model, params: dict, tokenizer, data: SearchData, train_sizes, eval_batch_size: int = 16,
                            seed: int = 0, progress: bool = True) -> tuple[dict[int, float], torch.nn.Module]:
     """Exact match on ``data.test`` after training with ``params`` on the first ``n`` training
-    examples, for each ``n`` in ``train_sizes`` (same steps and batch size each time, so only the
-    number of *distinct* examples changes; ``n = 0`` evaluates the untrained model).
+    examples, for each ``n`` in ``train_sizes`` (``n = 0`` evaluates the untrained model).
+
+    Every run makes the same ``params["steps"]`` steps of ``params["batch_size"]`` examples, so
+    only the number of *distinct* examples changes; a smaller set is seen more times. Each model
+    is built after ``torch.manual_seed(seed)``, so all start from the same weights. The sizes are
+    checked first (:func:`check_train_sizes`): every example of every set is seen at least once,
+    so "trained on n examples" is true.
 
     Returns ``({n: accuracy}, the model trained on the largest n)``.
+
+    Raises:
+        ValueError: a size outside ``[0, len(data.train)]``, not a multiple of the batch size, or
+            larger than ``steps * batch_size``; or ``params`` lacks ``steps`` or ``batch_size``.
     """
     from .metrics import exact_match
 
-    sizes = sorted(set(int(n) for n in train_sizes))
-    if not sizes or sizes[0] < 0 or sizes[-1] > len(data.train):
-        raise ValueError(f"train_sizes must be between 0 and {len(data.train)} (the training examples), got {train_sizes}.")
+    missing = [k for k in _REQUIRED if k not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}; it needs {list(_REQUIRED)}.")
+    sizes = check_train_sizes(train_sizes, len(data.train), int(params["steps"]), int(params["batch_size"]))
     accuracy, model = {}, None
     for n in tqdm(sizes, desc="training-set sizes", disable=not progress):
+        torch.manual_seed(seed)
         model = make_model(params)
         if n > 0:
             train_with_params(model, params, tokenizer, data.train[:n], seed=seed)

@@ -37,6 +37,12 @@ from .hpo import (CompactTokenizer, TaskObjective, check_budget, lora_model_fact
 SPEC_KEYS = {"model", "task", "n_train", "n_validation", "space", "fixed", "sampler", "seed"}
 
 
+def _check_spec_keys(spec: dict) -> None:
+    missing = sorted(SPEC_KEYS - set(spec))
+    if missing:
+        raise ValueError(f"The objective spec lacks {missing}; it needs {sorted(SPEC_KEYS)}.")
+
+
 def objective_from_spec(spec: dict) -> TaskObjective:
     """Build a :class:`~course_lib.hpo.TaskObjective` from a JSON-ready spec:
 
@@ -48,9 +54,7 @@ def objective_from_spec(spec: dict) -> TaskObjective:
     ``"smollm2-135m"`` trains LoRA adapters on the real model; ``"tiny"`` a tiny stand-in model
     over the task's compact vocabulary.
     """
-    missing = sorted(SPEC_KEYS - set(spec))
-    if missing:
-        raise ValueError(f"The objective spec lacks {missing}; it needs {sorted(SPEC_KEYS)}.")
+    _check_spec_keys(spec)
     from .models import load_model, load_tokenizer
 
     data = make_search_data(spec["task"], spec["n_train"], spec["n_validation"], n_test=spec.get("n_test", 0))
@@ -110,7 +114,8 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 @dataclass
 class ParallelRun:
-    """What :func:`run_workers` measured."""
+    """What :func:`run_workers` measured. ``step_spread`` is the trial-to-trial spread of the
+    seconds per training step (:func:`step_time_spread`), this run's timing noise."""
 
     study_name: str
     storage: str
@@ -119,6 +124,7 @@ class ParallelRun:
     n_trials: int
     wall_s: float
     integrity: dict = field(default_factory=dict)
+    step_spread: float = math.nan
 
 
 def _split(n_trials: int, n_workers: int) -> list[int]:
@@ -145,9 +151,7 @@ def run_workers(storage: str, study_name: str, spec: dict, n_trials: int, n_work
     check_budget(n_trials)
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or not 1 <= n_workers <= n_trials:
         raise ValueError(f"n_workers must be between 1 and n_trials={n_trials}, got {n_workers!r}.")
-    missing = sorted(SPEC_KEYS - set(spec))
-    if missing:
-        raise ValueError(f"The objective spec lacks {missing}; it needs {sorted(SPEC_KEYS)}.")
+    _check_spec_keys(spec)
     space_from_dict(spec["space"])  # validates the search space
     store = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,8 +191,22 @@ def run_workers(storage: str, study_name: str, spec: dict, n_trials: int, n_work
     if failed:
         i, code, err = failed[0]
         raise RuntimeError(f"Worker {i} exited with code {code}:\n{err[-2000:]}")
-    integrity = check_study_integrity(optuna.load_study(study_name=study_name, storage=store), n_trials)
-    return ParallelRun(study_name, storage, n_workers, threads_per_worker, n_trials, wall, integrity)
+    finished = optuna.load_study(study_name=study_name, storage=store)
+    return ParallelRun(study_name, storage, n_workers, threads_per_worker, n_trials, wall,
+                       check_study_integrity(finished, n_trials), step_time_spread(finished))
+
+
+def step_time_spread(study) -> float:
+    """Relative spread ``(max - min) / median`` of the seconds per training step
+    (``train_seconds / steps_run``) over a study's completed trials: how much the time of the same
+    kind of work moves from trial to trial on this machine. NaN with fewer than two such trials."""
+    from optuna.trial import TrialState
+
+    from .metrics import relative_spread
+
+    per_step = [t.user_attrs["train_seconds"] / t.user_attrs["steps_run"] for t in study.get_trials(deepcopy=False)
+                if t.state == TrialState.COMPLETE and t.user_attrs.get("steps_run") and "train_seconds" in t.user_attrs]
+    return relative_spread(per_step) if len(per_step) >= 2 else math.nan
 
 
 def check_study_integrity(study, expected_trials: int) -> dict:
@@ -227,6 +245,27 @@ def wall_time_ratio(single: ParallelRun, parallel: ParallelRun) -> float:
     if single.n_trials != parallel.n_trials:
         raise ValueError(f"Compare studies of the same size: {single.n_trials} vs {parallel.n_trials} trials.")
     return parallel.wall_s / single.wall_s if single.wall_s > 0 else math.nan
+
+
+def wall_time_verdict(single: ParallelRun, parallel: ParallelRun, target: float = 0.65):
+    """Did ``parallel`` finish the same trials in at most ``target`` x ``single``'s wall time,
+    with no trial lost or duplicated, beyond the timing noise?
+
+    The noise on the ratio is ``ratio * max(single.step_spread, parallel.step_spread)`` (the
+    larger of the two runs' trial-to-trial timing spreads); the ratio part is
+    ``claims.within_tolerance(ratio, target, noise)``: True if even ``ratio + noise`` meets the
+    target, False if ``ratio - noise`` misses it, else INCONCLUSIVE (also when a run has no
+    spread, e.g. one trial). A failed integrity check of either run makes the claim False.
+    """
+    from .claims import INCONCLUSIVE, within_tolerance
+
+    ratio = wall_time_ratio(single, parallel)
+    if not (single.integrity.get("ok") and parallel.integrity.get("ok")):
+        return False
+    spreads = (single.step_spread, parallel.step_spread)
+    if math.isnan(ratio) or any(math.isnan(s) for s in spreads):
+        return INCONCLUSIVE
+    return within_tolerance(ratio, target, ratio * max(spreads))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Fine-tune and compare: LoRA, full fine-tuning and QLoRA on the same task and budget.
 
 * :func:`fine_tune` trains a model in place on task examples with the course's loop and
-  reports what the comparison needs: loss curve, seconds per step, trainable parameters,
-  optimizer state and peak memory.
+  reports what the comparison needs: loss curve, seconds per step, trainable parameters, the
+  exact bytes of weights, gradients and optimizer state, and (as context) peak memory.
 * Sweeps score runs by chapter 01's :func:`course_lib.hpo.validation_loss`, the held-out loss
   on answer tokens (teacher-forced): cheap and smooth.
 * :func:`load_qlora_base` loads the model in NF4 (bitsandbytes) ready for LoRA: QLoRA.
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .device import model_device, pick_device
 from .hpo import validation_loss
 from .lora import add_lora_, lora_config, release_memory, trainable_parameters
-from .metrics import PeakMemory
+from .metrics import PeakMemory, footprint_bytes
 from .tasks import Example
 from .training import optimizer_state_bytes, task_batches, train
 
@@ -35,13 +35,21 @@ class FineTuneResult:
     trainable_params: int = 0
     total_params: int = 0
     optimizer_state_bytes: int = 0  # AdamW: two float32 moments per trainable parameter
-    gradient_bytes: int = 0  # one float32 gradient per trainable parameter
+    gradient_bytes: int = 0  # one gradient per trainable parameter, in the parameter's dtype
+    weights_bytes: int = 0  # footprint_bytes of the model trained (frozen and trainable tensors)
     peak_memory_bytes: int = 0  # CPU: process RSS; CUDA: allocated bytes
     memory_increase_bytes: int = 0  # peak during training - memory before it
 
     @property
     def trainable_percent(self) -> float:
         return 100 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def training_state_bytes(self) -> int:
+        """``weights_bytes + gradient_bytes + optimizer_state_bytes``: the tensors training must
+        hold whatever the batch, counted exactly (activations come on top and depend on the
+        batch). Deterministic, unlike ``memory_increase_bytes``, so runs can be compared by it."""
+        return self.weights_bytes + self.gradient_bytes + self.optimizer_state_bytes
 
 
 def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: float, batch_size: int,
@@ -51,13 +59,18 @@ def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
 
     Uses :func:`course_lib.training.train` (AdamW, linear warm-up then decay, clipping at 1)
     on whatever has ``requires_grad``: a peft model trains its adapter, a plain model everything.
-    ``warmup_steps`` defaults to 10 % of ``steps``. Freed memory is returned to the OS before
-    :class:`~course_lib.metrics.PeakMemory` starts, so ``memory_increase_bytes`` is what training
-    added: gradients, optimizer state and activations.
+    ``warmup_steps`` defaults to 10 % of ``steps``. ``weights_bytes``, ``gradient_bytes`` and
+    ``optimizer_state_bytes`` are exact tensor sizes (see ``training_state_bytes``). Freed memory
+    is returned to the OS before :class:`~course_lib.metrics.PeakMemory` starts, so
+    ``memory_increase_bytes`` is roughly what training added (gradients, optimizer state,
+    activations); on the CPU it is the process's resident memory, which depends on what the
+    process did before, so use it as context, not to compare runs made at different times.
     """
     if warmup_steps is None:
         warmup_steps = steps // 10
     counts = trainable_parameters(model)
+    weights = footprint_bytes(model)
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     release_memory()
     torch.manual_seed(seed)
     batches = task_batches(tokenizer, examples, batch_size, seed=seed)
@@ -66,7 +79,7 @@ def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     return FineTuneResult(
         losses=run.losses, seconds=run.seconds, seconds_per_step=run.seconds_per_step,
         trainable_params=counts["trainable"], total_params=counts["total"],
-        optimizer_state_bytes=optimizer_state_bytes(model), gradient_bytes=4 * counts["trainable"],
+        optimizer_state_bytes=optimizer_state_bytes(model), gradient_bytes=gradients, weights_bytes=weights,
         peak_memory_bytes=peak.peak_bytes, memory_increase_bytes=peak.increase_bytes,
     )
 

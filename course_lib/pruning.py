@@ -367,31 +367,48 @@ def make_pruning_permanent_(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- sweeps
 
 
-def sparsity_sweep(model: nn.Module, blocks: torch.Tensor, sparsities, methods: dict[str, dict],
-                   norms: dict[str, torch.Tensor] | None = None, batch_size: int = 8,
-                   progress: bool = True) -> list[dict]:
-    """Perplexity of ``model`` pruned at each sparsity by each method.
+def masked_perplexities(model: nn.Module, blocks: torch.Tensor, configs: dict,
+                        norms: dict[str, torch.Tensor] | None = None, batch_size: int = 8,
+                        progress: bool = True) -> dict:
+    """Perplexity on ``blocks`` of ``model`` pruned by each of several configurations.
 
-    ``methods`` maps a label to :func:`pruning_masks` keyword arguments, e.g.
-    ``{"Wanda, per row": {"criterion": "wanda", "scope": "row"}}``. One working copy of the model
-    is re-pruned from the original's weights at every point; the caller's model is untouched.
-    Returns rows ``{"method", "sparsity", "perplexity"}``.
+    ``configs`` maps a label to :func:`pruning_masks` keyword arguments (with ``sparsity`` or
+    ``nm``), e.g. ``{"Wanda 2:4": {"nm": (2, 4), "criterion": "wanda"}}``; ``norms`` is passed to
+    every one. One working copy of the model is re-pruned from the original's weights
+    (:func:`apply_masks_` with ``source``) for each configuration, so no configuration sees
+    another's zeros, and the caller's model is untouched.
+    Returns ``{label: perplexity}`` in the order of ``configs``.
     """
     import copy
 
     from .metrics import perplexity
 
-    sparsities = [check_sparsity(s) for s in sparsities]
+    if not configs:
+        raise ValueError("configs is empty: give {label: pruning_masks keyword arguments}, "
+                         "e.g. {'2:4': {'nm': (2, 4)}}.")
     work = copy.deepcopy(model)
-    rows = []
-    points = [(label, s) for label in methods for s in sparsities]
-    for label, s in tqdm(points, desc="sweep", disable=not progress):
-        masks = pruning_masks(model, s, norms=norms, **methods[label])
-        apply_masks_(work, masks, source=model)
-        rows.append({"method": label, "sparsity": s,
-                     "perplexity": perplexity(work, blocks, batch_size=batch_size, progress=False)})
+    results = {}
+    for label, kwargs in tqdm(configs.items(), desc="pruned perplexity", disable=not progress):
+        apply_masks_(work, pruning_masks(model, norms=norms, **kwargs), source=model)
+        results[label] = perplexity(work, blocks, batch_size=batch_size, progress=False)
     del work
-    return rows
+    return results
+
+
+def sparsity_sweep(model: nn.Module, blocks: torch.Tensor, sparsities, methods: dict[str, dict],
+                   norms: dict[str, torch.Tensor] | None = None, batch_size: int = 8,
+                   progress: bool = True) -> list[dict]:
+    """Perplexity of ``model`` pruned at each sparsity by each method.
+
+    ``methods`` maps a label to :func:`pruning_masks` keyword arguments without ``sparsity``, e.g.
+    ``{"Wanda, per row": {"criterion": "wanda", "scope": "row"}}``. Every point is computed by
+    :func:`masked_perplexities` (one working copy, re-pruned from the original's weights); the
+    caller's model is untouched. Returns rows ``{"method", "sparsity", "perplexity"}``.
+    """
+    sparsities = [check_sparsity(s) for s in sparsities]
+    configs = {(label, s): {**methods[label], "sparsity": s} for label in methods for s in sparsities}
+    found = masked_perplexities(model, blocks, configs, norms=norms, batch_size=batch_size, progress=progress)
+    return [{"method": label, "sparsity": s, "perplexity": ppl} for (label, s), ppl in found.items()]
 
 
 # --------------------------------------------------------------------------- sparse storage on CPU

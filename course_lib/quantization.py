@@ -18,7 +18,9 @@ replaced by the nearest code value: INT4 (evenly spaced), FP4 (a tiny float: sig
 bits, 1 mantissa bit) and NF4 (quantiles of a normal distribution, QLoRA).
 
 **Storage.** ``bits + (scale bits + zero-point bits) / group_size`` per parameter
-(:func:`bits_per_parameter`); double quantization stores the block scales themselves in 8 bits.
+(:func:`bits_per_parameter`); for a whole model, whose layers have different row lengths,
+:func:`packed_linear_bits` counts the scales of every layer (a group size, ``"channel"`` or
+``"tensor"``). Double quantization stores the block scales themselves in 8 bits.
 
 Nothing here modifies the caller's tensors or model, except functions ending in ``_``.
 """
@@ -208,6 +210,29 @@ def quantization_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict:
             "sqnr_db": 10 * torch.log10(torch.tensor(signal / noise)).item() if noise else float("inf")}
 
 
+def layer_error_table(weight: torch.Tensor, bits=(8, 4, 3), group_sizes=(128, 64)):
+    """The round-to-nearest error of one ``[out, in]`` weight under every scheme: each of ``bits``
+    x scale per tensor, per channel and per group of each of ``group_sizes`` x absmax (symmetric)
+    and zero point (asymmetric), via :func:`fake_quantize` and :func:`quantization_error`.
+
+    Returns a pandas DataFrame with columns ``bits, scale per, scheme, relative error %, SQNR dB``,
+    one row per combination, in that order.
+    """
+    import pandas as pd
+
+    layouts = [("tensor", "tensor", None), ("channel", "channel", None)]
+    layouts += [(f"group {g}", "group", g) for g in group_sizes]
+    rows = []
+    for b in bits:
+        for label, granularity, group in layouts:
+            for symmetric in (True, False):
+                kwargs = {} if group is None else {"group_size": group}
+                err = quantization_error(weight, fake_quantize(weight, b, granularity, symmetric=symmetric, **kwargs))
+                rows.append({"bits": b, "scale per": label, "scheme": "absmax" if symmetric else "zero point",
+                             "relative error %": 100 * err["relative"], "SQNR dB": err["sqnr_db"]})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- 4-bit code books
 
 
@@ -314,15 +339,17 @@ def bits_per_parameter(bits: float, group_size: int | None, scale_bits: int = 16
                        zero_point_bits: int = 0) -> float:
     """Storage per weight: ``bits + (scale_bits + zero_point_bits) / group_size``.
 
-    ``group_size`` is the number of weights sharing one scale (the row length for per-channel;
-    None for one scale per tensor, whose cost per weight is negligible).
+    ``group_size`` is the number of weights sharing one scale (for per-channel scales, pass the
+    row length ``in``); None means one scale per tensor, whose cost per weight is negligible.
+    For a whole model, whose layers have different row lengths, use :func:`packed_linear_bits`.
     """
     if bits <= 0:
         raise ValueError(f"bits must be positive, got {bits}.")
     if group_size is None:
         return float(bits)
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer or None, got {group_size!r}.")
+        raise ValueError(f"group_size must be a positive integer or None (one scale per tensor), got {group_size!r}; "
+                         "for one scale per output channel pass the row length, or use packed_linear_bits.")
     return bits + (scale_bits + zero_point_bits) / group_size
 
 
@@ -338,20 +365,57 @@ def double_quant_bits_per_parameter(bits: int = 4, block_size: int = 64, scale_b
     return bits + scale_bits / block_size + scale2_bits / (block_size * block_size2)
 
 
-def packed_footprint_bytes(model: nn.Module, bits: float, group_size: int | None = None, scale_bits: int = 16,
-                           zero_point_bits: int = 0, exclude: tuple[str, ...] = ("lm_head",)) -> int:
-    """The footprint ``model`` *would* have if the weight of each linear layer (outside ``exclude``)
-    were packed at :func:`bits_per_parameter` ``(bits, group_size, scale_bits, zero_point_bits)``
-    bits per weight; every other tensor counts as stored. ``group_size=None``: one scale per
-    output channel (a group is a whole row of ``in`` weights).
+PER_TENSOR, PER_CHANNEL = "tensor", "channel"  # the scale layouts packed_linear_bits takes besides a group size
 
-    ``footprint_bytes(model) - sum(stored bytes of those weights) + sum(numel * bits_per_weight) / 8``.
+
+def packed_linear_bits(model: nn.Module, bits: float, group_size: int | str, scale_bits: int = 16,
+                       zero_point_bits: int = 0, exclude: tuple[str, ...] = ("lm_head",)) -> tuple[float, int]:
+    """``(packed_bits, numel)``: the bits the weights of ``model``'s linear layers (outside
+    ``exclude``) would take stored at ``bits`` per weight plus their scales, and how many weights
+    there are. ``packed_bits / numel`` is the true bits per weight of the whole model.
+
+    ``group_size``: an integer ``g`` (one scale per ``g`` consecutive inputs of a row; ``g`` must
+    divide every layer's ``in``), :data:`PER_CHANNEL` (``"channel"``: one scale per output row,
+    i.e. ``out`` scales per layer, whatever its ``in``) or :data:`PER_TENSOR` (``"tensor"``: one
+    scale per layer). Each scale costs ``scale_bits + zero_point_bits``. For a layer ``[out, in]``:
+    ``out * in * bits + n_scales * (scale_bits + zero_point_bits)``.
+    """
+    if bits <= 0:
+        raise ValueError(f"bits must be positive, got {bits}.")
+    if group_size not in (PER_TENSOR, PER_CHANNEL) and (isinstance(group_size, bool)
+                                                        or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be a positive integer, {PER_CHANNEL!r} (one scale per output row) or "
+                         f"{PER_TENSOR!r} (one scale per layer); got {group_size!r}.")
+    total, numel = 0.0, 0
+    for module in linear_layers(model, exclude=exclude).values():
+        rows, columns = linear_weight(module).shape
+        if group_size == PER_TENSOR:
+            scales = 1
+        elif group_size == PER_CHANNEL:
+            scales = rows
+        else:
+            _check_group(columns, group_size)
+            scales = rows * (columns // group_size)
+        total += rows * columns * bits + scales * (scale_bits + zero_point_bits)
+        numel += rows * columns
+    return total, numel
+
+
+def packed_footprint_bytes(model: nn.Module, bits: float, group_size: int | str = PER_CHANNEL, scale_bits: int = 16,
+                           zero_point_bits: int = 0, exclude: tuple[str, ...] = ("lm_head",)) -> int:
+    """The footprint ``model`` *would* have if the weights of its linear layers (outside ``exclude``)
+    were packed as :func:`packed_linear_bits` counts them (``group_size``: an integer,
+    ``"channel"`` or ``"tensor"``); every other tensor counts as stored.
+
+    ``footprint_bytes(model) - sum(stored bytes of those weights) + packed_bits / 8``.
     For fake-quantized models, which still store float32 weights.
     """
-    weights = [linear_weight(m) for m in linear_layers(model, exclude=exclude).values()]
-    stored = sum(w.numel() * w.element_size() for w in weights)
-    packed_bits = sum(w.numel() * bits_per_parameter(bits, group_size or w.shape[1], scale_bits, zero_point_bits)
-                      for w in weights)
+    if group_size is None:
+        raise ValueError("group_size=None is ambiguous: pass 'channel' (one scale per output row), "
+                         "'tensor' (one per layer) or a group size.")
+    packed_bits, _ = packed_linear_bits(model, bits, group_size, scale_bits, zero_point_bits, exclude)
+    stored = sum(w.numel() * w.element_size() for w in
+                 (linear_weight(m) for m in linear_layers(model, exclude=exclude).values()))
     return int(footprint_bytes(model) - stored + packed_bits / 8)
 
 
@@ -391,14 +455,20 @@ def fake_quantize_model_(model: nn.Module, quantizer: Callable[[torch.Tensor], t
     return model
 
 
+def _bits_per_weight(model, bits, group_size, scale_bits, zero_point_bits) -> float:
+    packed, numel = packed_linear_bits(model, bits, group_size, scale_bits, zero_point_bits)
+    return packed / numel
+
+
 def rtn_ladder(model: nn.Module, blocks: torch.Tensor, bits=(8, 4, 3), granularities=GRANULARITIES,
                group_size: int = 128, symmetric: bool = True, batch_size: int = 8, progress: bool = True):
     """Perplexity of round-to-nearest fake quantization at every ``bits`` x ``granularity``.
 
     Each cell quantizes a fresh copy of ``model`` (the caller's model is untouched) with
     :func:`fake_quantize` and measures :func:`course_lib.metrics.perplexity` on ``blocks``.
-    Returns a pandas DataFrame: ``bits, granularity, perplexity, bits_per_weight`` (16-bit
-    scales; per channel: one scale per row of ``in`` weights, using the first layer's ``in``).
+    Returns a pandas DataFrame: ``bits, granularity, perplexity, bits_per_weight`` (the whole
+    model's :func:`packed_linear_bits` per weight, with 16-bit scales, and 16-bit zero points
+    when asymmetric).
     """
     import pandas as pd
 
@@ -407,8 +477,7 @@ def rtn_ladder(model: nn.Module, blocks: torch.Tensor, bits=(8, 4, 3), granulari
     unknown = [g for g in granularities if g not in GRANULARITIES]
     if unknown:
         raise ValueError(f"Unknown granularities {unknown}; use {GRANULARITIES}.")
-    row_length = linear_weight(next(iter(linear_layers(model).values()))).shape[1]
-    per_scale = {"tensor": None, "channel": row_length, "group": group_size}
+    layout = {"tensor": PER_TENSOR, "channel": PER_CHANNEL, "group": group_size}
     zero_bits = 0 if symmetric else 16
     rows = []
     cells = [(b, g) for b in bits for g in granularities]
@@ -418,7 +487,7 @@ def rtn_ladder(model: nn.Module, blocks: torch.Tensor, bits=(8, 4, 3), granulari
         ppl = perplexity(quantized, blocks, batch_size=batch_size, progress=False)
         del quantized
         rows.append({"bits": b, "granularity": g if g != "group" else f"group {group_size}", "perplexity": ppl,
-                     "bits_per_weight": bits_per_parameter(b, per_scale[g], 16, zero_bits)})
+                     "bits_per_weight": _bits_per_weight(model, b, layout[g], 16, zero_bits)})
     return pd.DataFrame(rows)
 
 
@@ -446,6 +515,52 @@ def input_channel_absmax(model: nn.Module, module: nn.Module, blocks: torch.Tens
     if not found:
         raise ValueError("module was never called: is it a part of model?")
     return torch.stack(found).amax(dim=0)
+
+
+# --------------------------------------------------------------------------- PyTorch dynamic int8
+
+
+def dynamic_quantize_linears(model: nn.Module, names=None) -> nn.Module:
+    """PyTorch's dynamic int8 quantization (``torch.ao.quantization.quantize_dynamic``) on a CPU copy.
+
+    ``names``: the qualified names of the ``nn.Linear`` layers to quantize; None quantizes every
+    ``nn.Linear`` (including ``lm_head``, as the plain call does). Weights become int8 (one scale
+    per tensor); each input is quantized on the fly with one scale per input tensor. The
+    caller's model is not modified.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    if names is None:
+        spec = {nn.Linear}
+    else:
+        names = list(names)
+        if not names:
+            raise ValueError("names is empty: give the qualified names of the nn.Linear layers, or None for all.")
+        for name in names:
+            if not isinstance(model.get_submodule(name), nn.Linear):
+                raise ValueError(f"{name} is a {type(model.get_submodule(name)).__name__}, not an nn.Linear.")
+        spec = {name: default_dynamic_qconfig for name in names}
+    return quantize_dynamic(copy.deepcopy(model).cpu().eval(), spec, dtype=torch.qint8, inplace=True)
+
+
+def dynamic_family_perplexity(model: nn.Module, families: dict[str, tuple[str, ...]], blocks: torch.Tensor,
+                              batch_size: int = 8) -> dict[str, float]:
+    """Perplexity on ``blocks`` with dynamic int8 applied to one family of layers at a time.
+
+    ``families`` maps a label to name fragments, e.g. ``{"MLP down": ("down_proj",)}``: the
+    family is every linear layer (outside ``lm_head``) whose name contains one of them. Each
+    family is quantized on its own copy (:func:`dynamic_quantize_linears`). Returns
+    ``{label: perplexity}``.
+    """
+    result = {}
+    for label, parts in families.items():
+        chosen = [n for n in linear_layers(model) if any(p in n for p in parts)]
+        if not chosen:
+            raise ValueError(f"family {label!r}: no linear layer name contains any of {parts}.")
+        quantized = dynamic_quantize_linears(model, chosen)
+        result[label] = perplexity(quantized, blocks, batch_size=batch_size, progress=False)
+        del quantized
+    return result
 
 
 # --------------------------------------------------------------------------- PyTorch static PTQ
@@ -497,6 +612,29 @@ def static_quantize_linears(model: nn.Module, names, calibration_blocks: torch.T
             qmodel(input_ids=calibration_blocks[start:start + batch_size])
     convert(qmodel, inplace=True)  # 3. convert: int8 weights and kernels
     return qmodel
+
+
+# --------------------------------------------------------------------------- claim helpers
+
+
+def ordering_verdict(lower: str, higher: str, *measurements: dict):
+    """Is ``lower``'s value below ``higher``'s in **every** measurement (e.g. perplexities on two
+    different sets of blocks)? True if it is in all, False if ``higher``'s is below in all,
+    otherwise (they disagree, or tie) :data:`course_lib.claims.INCONCLUSIVE`.
+    """
+    from .claims import INCONCLUSIVE
+
+    if not measurements:
+        raise ValueError("give at least one measurement: a dict of values by name.")
+    for m in measurements:
+        missing = [k for k in (lower, higher) if k not in m]
+        if missing:
+            raise ValueError(f"{missing} missing from a measurement with keys {list(m)}.")
+    if all(m[lower] < m[higher] for m in measurements):
+        return True
+    if all(m[higher] < m[lower] for m in measurements):
+        return False
+    return INCONCLUSIVE
 
 
 # --------------------------------------------------------------------------- pictures

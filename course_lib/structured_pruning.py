@@ -31,13 +31,10 @@ config).
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from .device import model_device, synchronize
 from .layers import _conv1d_type, decoder_layers, linear_weight
 from .pruning import check_sparsity, input_norms, n_to_prune
 
@@ -326,67 +323,3 @@ def prune_attention_heads(model: nn.Module, fraction: float, scores: dict[int, t
     new.config.head_dim = head_dim
     return new
 
-
-# --------------------------------------------------------------------------- speed
-
-
-@torch.no_grad()
-def forward_seconds(model: nn.Module, input_ids: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall-clock seconds of one forward pass over ``input_ids`` (a batch of token blocks).
-
-    ``warmup`` untimed passes first; the device is synchronised around each timed pass. This is
-    the prompt-processing (prefill) cost, where compute, not Python overhead, dominates.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"Need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}.")
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    input_ids = input_ids.to(device)
-    for _ in range(warmup):
-        model(input_ids=input_ids)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        model(input_ids=input_ids)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return statistics.median(times)
-
-
-def speed_comparison(models: dict[str, nn.Module], tokenizer, input_ids: torch.Tensor, rounds: int = 3,
-                     new_tokens: int = 32) -> dict[str, dict]:
-    """Forward-pass time and generation speed of several models, timed in **interleaved rounds**.
-
-    Each model first gets one untimed forward pass and one untimed generation (warm-up). Then, in
-    each of ``rounds`` rounds, every model in turn is timed once: a forward pass over
-    ``input_ids`` (:func:`forward_seconds`) and a greedy generation of ``new_tokens`` tokens
-    (:func:`course_lib.metrics.generation_speed`). Interleaving spreads any slow-down caused by
-    other work on the machine over all models alike. Reports medians over the rounds and the
-    run-to-run spreads, ``(max - min) / median`` of each model's own timings (0 with one round):
-    ``{label: {"forward_s", "tokens_per_s", "forward_spread", "tokens_spread"}}``.
-    """
-    from .metrics import generation_speed
-
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}.")
-    if not models:
-        raise ValueError("models is empty: give {label: model}.")
-    forward = {label: [] for label in models}
-    tokens = {label: [] for label in models}
-    for label, model in models.items():
-        forward_seconds(model, input_ids, repeats=1, warmup=0)
-        generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
-    for _ in range(rounds):
-        for label, model in models.items():
-            forward[label].append(forward_seconds(model, input_ids, repeats=1, warmup=0))
-            tokens[label].append(generation_speed(model, tokenizer, new_tokens=new_tokens, repeats=1,
-                                                  warmup=0)["tokens_per_s"])
-    def spread(values):
-        return (max(values) - min(values)) / statistics.median(values)
-
-    return {label: {"forward_s": statistics.median(forward[label]), "tokens_per_s": statistics.median(tokens[label]),
-                    "forward_spread": spread(forward[label]), "tokens_spread": spread(tokens[label])}
-            for label in models}

@@ -118,6 +118,7 @@ def test_sizes_table_is_complete():
     for profile in ("smoke", "cpu", "gpu"):
         sizes = sizes_for(SIZES, profile)
         assert sizes.heal_steps >= 1 and all(k >= 1 for k in sizes.sweep_k)
+        assert not hasattr(sizes, "timing_repeats")  # timings use the profile's timing_repeats
 
 
 # --------------------------------------------------------------------------- exercise checkers

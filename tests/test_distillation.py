@@ -1,14 +1,18 @@
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from course_lib.architecture import SIZES as ARCHITECTURE_SIZES
+from course_lib.data import token_blocks
 from course_lib.distillation import (SIZES, DistillationTrainer, blocks_dataset, check_same_vocabulary,
-                                     distillation_loss, distillation_loss_fn, kl_divergence, logged_losses,
-                                     soft_targets, teacher_samples, top1_agreement, top1_predictions,
-                                     trainer_arguments)
-from course_lib.profiles import sizes_for
+                                     distillation_loss, distillation_loss_fn, evaluate_student, kl_divergence,
+                                     logged_losses, soft_targets, teacher_samples, top1_agreement,
+                                     top1_predictions, train_student, trainer_arguments)
+from course_lib.metrics import perplexity
+from course_lib.profiles import get_profile, sizes_for
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 from course_lib.training import block_batches, train
 
@@ -147,7 +151,14 @@ def test_top1_predictions_and_agreement():
     other = preds.clone()
     other[0, :4] = (other[0, :4] + 1) % 50
     assert top1_agreement(other, preds) == pytest.approx(1 - 4 / preds.numel())
-    assert 0 <= top1_agreement(preds, blocks[:, 1:]) <= 1  # next-token accuracy
+    # by hand: 3 of these 6 positions agree
+    assert top1_agreement(torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[1, 0, 3], [0, 0, 6]])) == 0.5
+    # next-token accuracy: the predictions compared with the real next tokens blocks[:, 1:]
+    hits = sum(int(preds[b, t] == blocks[b, t + 1]) for b in range(5) for t in range(8))
+    assert top1_agreement(preds, blocks[:, 1:]) == pytest.approx(hits / 40)
+    perfect = blocks[:, 1:].clone()
+    perfect[1, 2] = (perfect[1, 2] + 1) % 50
+    assert top1_agreement(perfect, blocks[:, 1:]) == pytest.approx(39 / 40)
     with pytest.raises(ValueError, match="Shapes differ"):
         top1_agreement(preds, blocks)
     with pytest.raises(ValueError, match="block_size >= 2"):
@@ -166,11 +177,66 @@ def test_teacher_samples_continue_the_prompts():
         teacher_samples(teacher, prompts, 0)
 
 
+def test_train_student_ce_and_kd_runs_use_the_same_batches_and_differ_in_the_loss():
+    teacher = tiny_llama(vocab_size=64, hidden_size=64, num_layers=2, seed=1)
+    blocks = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    first = next(block_batches(blocks, 4, seed=3))  # the first batch of every run with seed 3
+
+    def student():
+        return tiny_llama(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                          intermediate_size=64, seed=2)
+
+    with torch.no_grad():
+        s = student()
+        ce_first = s(**first).loss.item()
+        kd_first = distillation_loss(s(input_ids=first["input_ids"]).logits, teacher(input_ids=first["input_ids"]).logits,
+                                     first["labels"], 2.0, 0.25).item()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ce = train_student(student(), blocks, steps=5, lr=1e-3, batch_size=4, seed=3, progress=False)
+    model = student()
+    kd = train_student(model, blocks, steps=5, lr=1e-3, batch_size=4, teacher=teacher, temperature=2.0,
+                       alpha=0.25, seed=3, progress=False)
+    assert ce.steps == kd.steps == 5 and len(ce.losses) == 5
+    assert ce.losses[0] == pytest.approx(ce_first, rel=1e-5)
+    assert kd.losses[0] == pytest.approx(kd_first, rel=1e-5)
+    assert not model.training  # trained in place, left in eval mode
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, student().model.layers[0].mlp.up_proj.weight)
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    with pytest.raises(ValueError, match="alpha"):
+        train_student(student(), blocks, steps=1, lr=1e-3, batch_size=4, teacher=teacher, alpha=2.0)
+
+
+def test_evaluate_student_saves_a_record_with_agreement_and_accuracy(tokenizer, results_tmp):
+    profile = get_profile("smoke")
+    val = token_blocks(tokenizer, "validation", profile.block_size, profile.eval_blocks)
+    teacher, student = tiny_llama(seed=1), tiny_llama(seed=2)
+    teacher_top1 = top1_predictions(teacher, val, progress=False)
+    record = evaluate_student(student, tokenizer, val, teacher_top1, "04_test", "tiny student", notes="two layers",
+                              speed=False, batch_size=2, profile=profile, progress=False)
+    with torch.no_grad():
+        s = student(input_ids=val).logits[:, :-1].argmax(-1)
+        t = teacher(input_ids=val).logits[:, :-1].argmax(-1)
+    positions = val.shape[0] * (val.shape[1] - 1)
+    assert record.extra["top1_agreement"] == pytest.approx((s == t).sum().item() / positions)
+    assert record.extra["next_token_accuracy"] == pytest.approx((s == val[:, 1:]).sum().item() / positions)
+    assert record.perplexity == pytest.approx(perplexity(student, val, progress=False), rel=1e-5)
+    assert record.name == "tiny student" and record.notes == "two layers" and record.tokens_per_s is None
+    saved = json.loads((results_tmp / "smoke" / "04_test.json").read_text())["records"]
+    assert [r["name"] for r in saved] == ["tiny student"] and saved[0]["extra"] == record.extra
+    itself = evaluate_student(teacher, tokenizer, val, teacher_top1, "04_test", "teacher", speed=False,
+                              profile=profile, progress=False)
+    assert itself.extra["top1_agreement"] == 1.0
+    with pytest.raises(ValueError, match="teacher_top1"):
+        evaluate_student(student, tokenizer, val, teacher_top1[:, :-1], "04_test", "bad", profile=profile)
+
+
 def test_sizes_table_is_complete():
     for profile in ("smoke", "cpu", "gpu"):
         sizes = sizes_for(SIZES, profile)
         assert sizes.steps >= 1 and sizes.temperature > 0 and 0 <= sizes.alpha <= 1
         assert math.isfinite(sizes.lr)
+        # chapter 06 heals chapter 04's depth student: the layer count lives in this table only
+        assert 1 <= sizes.remove_layers < 30 and "heal_remove" not in ARCHITECTURE_SIZES[profile]
 
 
 # --------------------------------------------------------------------------- exercise checkers

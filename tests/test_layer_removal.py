@@ -48,8 +48,18 @@ def test_block_influence_of_an_identity_layer_is_zero():
 
 
 def test_block_influence_works_on_gpt2_and_rejects_bad_input():
-    bi = block_influence(tiny_gpt2(vocab_size=100, n_layer=3), _blocks(), progress=False)
+    model = tiny_gpt2(vocab_size=100, n_layer=3)
+    blocks = _blocks()
+    bi = block_influence(model, blocks, progress=False)
     assert bi.shape == (3,) and torch.isfinite(bi).all()
+    assert not any(block._forward_hooks for block in decoder_layers(model))
+    # By hand, as for Llama: hidden_states[i] enters block i, hidden_states[i + 1] leaves it (the
+    # last entry has ln_f applied, so only the first blocks are checked).
+    with torch.no_grad():
+        hs = model(input_ids=blocks, output_hidden_states=True).hidden_states
+    for i in range(2):
+        expected = 1 - torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).double().mean()
+        assert bi[i].item() == pytest.approx(expected.item(), abs=1e-5)
     with pytest.raises(ValueError, match="non-empty"):
         block_influence(tiny_llama(vocab_size=100), torch.zeros(0, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="batch_size"):

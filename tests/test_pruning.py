@@ -7,7 +7,7 @@ from torch.nn.utils import prune
 from course_lib.layers import linear_layers, linear_weight
 from course_lib.pruning import (SIZES, apply_masks_, check_nm, check_sparsity, explorer_view,
                                 global_magnitude_prune_, input_norms, layer_sparsity,
-                                magnitude_mask, make_pruning_permanent_, n_to_prune, nm_mask,
+                                magnitude_mask, masked_perplexities, make_pruning_permanent_, n_to_prune, nm_mask,
                                 plot_layer_sparsity, prunable_layers, prune_with_torch_,
                                 pruned_copy, pruning_explorer, pruning_masks, score_mask,
                                 semi_structured_benchmark, semi_structured_support,
@@ -110,11 +110,28 @@ def test_input_norms_by_hand():
         model(input_ids=blocks)
     handle.remove()
     assert torch.allclose(norms["model.layers.1.mlp.down_proj"], torch.cat(seen).norm(dim=0), rtol=1e-4)
-    # q, k and v read the same input (and gate and up): the same norms, measured once
+    # q, k and v read the same input (and gate and up): the same norms
     assert torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.0.self_attn.v_proj"])
     assert not torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.1.self_attn.q_proj"])
     with pytest.raises(ValueError, match="n_blocks"):
         input_norms(model, blocks.flatten())
+
+
+def test_input_norms_measures_a_shared_input_once(monkeypatch):
+    model = tiny_llama(vocab_size=VOCAB)  # 2 decoder layers
+    calls = []
+    norm = torch.linalg.vector_norm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", counting)
+    input_norms(model, _blocks(6), batch_size=3, progress=False)
+    # per layer and batch, 4 distinct inputs: (q, k, v), o, (gate, up), down; not 7, one per layer
+    assert len(calls) == 2 * 2 * 4
+    assert calls.count(torch.Size([3 * 16, 64])) == 2 * 2 * 3  # hidden-size inputs: qkv, o, gate/up
+    assert calls.count(torch.Size([3 * 16, 128])) == 2 * 2  # down_proj reads the MLP width
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
@@ -225,6 +242,29 @@ def test_sparsity_sweep_does_not_touch_the_model():
                                                              ("wanda", 0.0), ("wanda", 0.5)]
     assert rows[0]["perplexity"] == pytest.approx(rows[2]["perplexity"])  # 0 % is the dense model
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_masked_perplexities_match_pruned_copies():
+    from course_lib.metrics import perplexity
+
+    model = tiny_llama(vocab_size=VOCAB)
+    before = _weights(model)
+    norms = input_norms(model, _blocks(), progress=False)
+    blocks = _blocks(2, 16, seed=5)
+    configs = {"wanda 2:4": {"nm": (2, 4), "criterion": "wanda"},
+               "magnitude 60% per layer": {"sparsity": 0.6, "scope": "layer"},
+               "none": {"sparsity": 0.0}}
+    found = masked_perplexities(model, blocks, configs, norms=norms, progress=False)
+    assert list(found) == list(configs)
+    for label, kwargs in configs.items():
+        by_hand = perplexity(pruned_copy(model, pruning_masks(model, norms=norms, **kwargs)), blocks, progress=False)
+        assert found[label] == pytest.approx(by_hand, rel=1e-5)
+    # "none" comes after two pruned points: the working copy is restored from the model's weights
+    assert found["none"] == pytest.approx(perplexity(model, blocks, progress=False), rel=1e-5)
+    assert found["wanda 2:4"] != pytest.approx(found["none"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="configs is empty"):
+        masked_perplexities(model, blocks, {})
 
 
 def test_semi_structured_path_is_guarded_on_cpu():

@@ -14,11 +14,12 @@ from course_lib.quantization import (CODE_BOOKS, GRANULARITIES, SIZES, Grid, Sta
                                      absmax_quantize, bits_per_parameter, code_book_dequantize, code_book_quantize,
                                      double_quant_bits_per_parameter, double_quantize_scales, fake_quantize,
                                      fake_quantize_code_book, fake_quantize_model_, fp4_code_book,
-                                     input_channel_absmax, int4_code_book, int_range, linear_bits_per_weight,
-                                     make_grid, nf4_code_book, packed_footprint_bytes, plot_ladder,
-                                     plot_weight_histogram, quantization_error, quantization_explorer,
-                                     rtn_ladder, static_quantize_linears, zero_point_dequantize,
-                                     zero_point_quantize)
+                                     dynamic_family_perplexity, dynamic_quantize_linears, input_channel_absmax,
+                                     int4_code_book, int_range, layer_error_table, linear_bits_per_weight,
+                                     make_grid, nf4_code_book, ordering_verdict, packed_footprint_bytes,
+                                     packed_linear_bits, plot_ladder, plot_weight_histogram, quantization_error,
+                                     quantization_explorer, rtn_ladder, static_quantize_linears,
+                                     zero_point_dequantize, zero_point_quantize)
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 
 
@@ -157,13 +158,21 @@ def test_code_book_quantization_matches_bitsandbytes(w):
         assert torch.allclose(mine, theirs, atol=1e-6), name
 
 
-def test_code_book_ties_fall_like_bitsandbytes():
+@pytest.mark.parametrize("scale", [1.0, 3.0, 0.037])
+def test_code_book_ties_fall_like_bitsandbytes(scale):
     bnbf = pytest.importorskip("bitsandbytes.functional")
-    # values on exact FP4 midpoints (x 12: 10 is between 8 and 12, 5 between 4 and 6...)
+    # values on exact FP4 midpoints (x 12: 10 is between 8 and 12, 5 between 4 and 6...), times a
+    # block absmax of `scale`: with absmax 1.0 any rounding of w / absmax gives the same ties
     x = torch.tensor([12, 10, -10, 5, -5, 2.5, -2.5, 0, 7, -7, 1.5, -1.5] * 4 + [-0.5859375 / 0.703125 * 12] * 16) / 12
-    x = x.reshape(1, 64)
+    x = (x * scale).reshape(1, 64)
     packed, state = bnbf.quantize_4bit(x, blocksize=64, quant_type="fp4")
-    assert torch.equal(fake_quantize_code_book(x, fp4_code_book(), 64), bnbf.dequantize_4bit(packed, state))
+    theirs = bnbf.dequantize_4bit(packed, state)
+    assert torch.equal(fake_quantize_code_book(x, fp4_code_book(), 64), theirs)
+    # dividing by the absmax (instead of multiplying by its reciprocal, as bitsandbytes does)
+    # lets some ties fall the other way when the absmax is not 1: the test above can fail
+    code, absmax = fp4_code_book(), x.abs().amax(dim=1, keepdim=True)
+    divided = torch.bucketize(x / absmax, (code[1:] + code[:-1]) / 2).to(torch.uint8)
+    assert torch.equal(code_book_dequantize(divided, absmax.squeeze(1), code, x.shape), theirs) == (scale == 1.0)
 
 
 def test_code_book_quantize_indices_and_absmax(w):
@@ -197,6 +206,26 @@ def test_storage_formulas():
     assert abs(double_quant_bits_per_parameter() - (4 + 8 / 64 + 32 / (64 * 256))) < 1e-12
 
 
+def test_packed_linear_bits_counts_every_layer_with_its_own_row_length():
+    model = tiny_llama(vocab_size=300)  # 2 blocks: q, o 64x64; k, v 32x64; gate, up 128x64; down 64x128
+    numel, rows = 2 * (2 * 4096 + 2 * 2048 + 3 * 8192), 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)
+    assert (numel, rows) == (73728, 1024)
+    assert packed_linear_bits(model, 4, "channel") == (73728 * 4 + 1024 * 16, 73728)  # a scale per output row
+    # (the first layer's row length, 64, for every layer would give 73728 * (4 + 16 / 64) = 313344 bits)
+    assert packed_linear_bits(model, 4, "channel")[0] == 311296 != 313344
+    assert packed_linear_bits(model, 4, "tensor") == (73728 * 4 + 14 * 16, 73728)  # a scale per layer
+    assert packed_linear_bits(model, 4, 32) == (73728 * 4.5, 73728)  # 4 + 16/32
+    assert packed_linear_bits(model, 3, 32, scale_bits=16, zero_point_bits=16) == (73728 * 4, 73728)
+    assert packed_linear_bits(model, 8, "channel", exclude=("mlp", "lm_head")) == (2 * 12288 * 8 + 2 * 192 * 16, 2 * 12288)
+    with pytest.raises(ValueError, match="does not divide"):
+        packed_linear_bits(model, 4, 128)  # divides down_proj's 128 inputs, not the others' 64
+    for bad in (None, 0, "row", True):
+        with pytest.raises(ValueError, match="group_size"):
+            packed_linear_bits(model, 4, bad)
+    with pytest.raises(ValueError, match="positive"):
+        packed_linear_bits(model, 0, 32)
+
+
 def test_packed_footprint_of_a_fake_quantized_model():
     model = tiny_llama(vocab_size=300)
     weights = sum(linear_weight(m).numel() for m in linear_layers(model).values())
@@ -205,6 +234,10 @@ def test_packed_footprint_of_a_fake_quantized_model():
     assert packed_footprint_bytes(model, 4, 32, scale_bits=16) == full - weights * 4 + weights * 4.5 / 8
     rows = sum(linear_weight(m).shape[0] for m in linear_layers(model).values())  # per channel: a scale per row
     assert packed_footprint_bytes(model, 8) == full - weights * 4 + weights + rows * 2
+    assert packed_footprint_bytes(model, 8, "channel") == packed_footprint_bytes(model, 8)
+    assert packed_footprint_bytes(model, 8, "tensor") == full - weights * 4 + weights + 14 * 2
+    with pytest.raises(ValueError, match="ambiguous"):
+        packed_footprint_bytes(model, 8, None)
     with pytest.raises(ValueError, match="positive"):
         packed_footprint_bytes(model, 0)
 
@@ -252,6 +285,8 @@ def test_rtn_ladder_table_and_plot():
     eight = table[table.bits == 8].perplexity
     assert ((eight - base).abs() / base < 0.01).all()
     assert table.loc[(table.bits == 3) & (table.granularity == "group 32"), "bits_per_weight"].item() == 3.5
+    per_channel = table.loc[(table.bits == 8) & (table.granularity == "channel"), "bits_per_weight"].item()
+    assert per_channel == 8 + 1024 * 16 / 73728  # every layer's own rows (see the packed_linear_bits test)
     assert plot_ladder(table, base).get_ylabel().startswith("validation perplexity")
     with pytest.raises(ValueError, match="granularities"):
         rtn_ladder(model, blocks, granularities=("rows",))
@@ -307,6 +342,73 @@ def test_plots_and_explorer(w):
     assert "6 bits" in widget.view["title"] and widget.view["error"]["relative"] < first
     group_slider.value = 0
     assert "per channel" in widget.view["title"]
+
+
+def test_layer_error_table_rows_and_values():
+    torch.manual_seed(4)
+    x = torch.randn(8, 128) * 0.05
+    x[2, 7] = 1.0  # an outlier
+    table = layer_error_table(x, bits=(8, 3), group_sizes=(64, 32))
+    assert list(table.columns) == ["bits", "scale per", "scheme", "relative error %", "SQNR dB"]
+    assert len(table) == 2 * 4 * 2
+    assert list(table["scale per"][:8:2]) == ["tensor", "channel", "group 64", "group 32"]
+    row = table[(table.bits == 3) & (table["scale per"] == "group 32") & (table.scheme == "zero point")]
+    expected = quantization_error(x, fake_quantize(x, 3, "group", 32, symmetric=False))
+    assert row["relative error %"].item() == pytest.approx(100 * expected["relative"])
+    assert row["SQNR dB"].item() == pytest.approx(expected["sqnr_db"])
+    three = table[(table.bits == 3) & (table.scheme == "absmax")].set_index("scale per")["relative error %"]
+    assert three["group 32"] < three["channel"] < three["tensor"]  # the outlier spoils less and less
+    with pytest.raises(ValueError, match="does not divide"):
+        layer_error_table(x, bits=(4,), group_sizes=(48,))
+
+
+def test_dynamic_quantize_linears_on_a_copy():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    model = tiny_llama(vocab_size=300)
+    names = [n for n in linear_layers(model) if n.endswith("down_proj")]
+    partial = dynamic_quantize_linears(model, names)
+    assert all(isinstance(partial.get_submodule(n), DynamicLinear) for n in names)
+    assert isinstance(partial.model.layers[0].mlp.up_proj, nn.Linear)  # only the named layers
+    assert isinstance(model.get_submodule(names[0]), nn.Linear)  # the caller's model is untouched
+    everything = dynamic_quantize_linears(model)
+    assert isinstance(everything.lm_head, DynamicLinear)  # None: every nn.Linear, as the plain call does
+    with pytest.raises(ValueError, match="names is empty"):
+        dynamic_quantize_linears(model, [])
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        dynamic_quantize_linears(model, ["model.norm"])
+
+
+def test_dynamic_family_perplexity_quantizes_one_family_at_a_time():
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    model = tiny_llama(vocab_size=300)
+    blocks = torch.randint(0, 300, (2, 16))
+    result = dynamic_family_perplexity(model, {"attention": ("self_attn",), "MLP down": ("down_proj",)}, blocks,
+                                       batch_size=2)
+    assert list(result) == ["attention", "MLP down"]
+    downs = {n: default_dynamic_qconfig for n in linear_layers(model) if "down_proj" in n}
+    by_hand = quantize_dynamic(copy.deepcopy(model), downs, dtype=torch.qint8)
+    assert result["MLP down"] == pytest.approx(perplexity(by_hand, blocks, batch_size=2, progress=False))
+    base = perplexity(model, blocks, progress=False)
+    assert result["attention"] != base and abs(result["attention"] / base - 1) < 0.05
+    with pytest.raises(ValueError, match="no linear layer"):
+        dynamic_family_perplexity(model, {"conv": ("conv",)}, blocks)
+
+
+def test_ordering_verdict_needs_every_measurement_to_agree():
+    from course_lib.claims import INCONCLUSIVE
+
+    few, many = {"nf4": 30.0, "fp4": 31.0, "int4": 32.0}, {"nf4": 29.0, "fp4": 33.0, "int4": 32.5}
+    assert ordering_verdict("nf4", "fp4", few, many) is True
+    assert ordering_verdict("fp4", "nf4", few, many) is False
+    assert ordering_verdict("fp4", "int4", few, many) == INCONCLUSIVE  # 31 < 32 but 33 > 32.5
+    assert ordering_verdict("fp4", "int4", few) is True
+    assert ordering_verdict("nf4", "fp4", {"nf4": 1.0, "fp4": 1.0}) == INCONCLUSIVE  # a tie
+    with pytest.raises(ValueError, match="missing"):
+        ordering_verdict("nf4", "int8", few)
+    with pytest.raises(ValueError, match="at least one"):
+        ordering_verdict("nf4", "fp4")
 
 
 @pytest.mark.real_model

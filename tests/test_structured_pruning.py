@@ -6,8 +6,8 @@ from transformers.pytorch_utils import Conv1D
 from course_lib.layers import decoder_layers, linear_weight
 from course_lib.metrics import count_parameters
 from course_lib.structured_pruning import (attention_head_scores, attention_head_weight_scores,
-                                           forward_seconds, mlp_neuron_scores, mlp_weight_scores,
-                                           prune_attention_heads, prune_mlp_neurons, speed_comparison)
+                                           mlp_neuron_scores, mlp_weight_scores, prune_attention_heads,
+                                           prune_mlp_neurons)
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 
 VOCAB = 300
@@ -168,26 +168,3 @@ def test_prune_attention_heads_bad_input():
         prune_attention_heads(tiny_gpt2(vocab_size=VOCAB), 0.25)
     with pytest.raises(ValueError, match="leaves none"):
         prune_attention_heads(model, 0.9, unit="kv_groups")
-
-
-def test_forward_seconds():
-    model = tiny_llama(vocab_size=VOCAB)
-    seconds = forward_seconds(model, _blocks(2, 8), repeats=2)
-    assert 0 < seconds < 5
-    with pytest.raises(ValueError, match="repeats"):
-        forward_seconds(model, _blocks(2, 8), repeats=0)
-
-
-def test_speed_comparison_times_every_model(tokenizer):
-    big = tiny_llama(intermediate_size=256)
-    small = prune_mlp_neurons(big, 0.75)
-    result = speed_comparison({"big": big, "small": small}, tokenizer, _blocks(2, 8), rounds=2, new_tokens=3)
-    assert set(result) == {"big", "small"}
-    assert all(r["forward_s"] > 0 and r["tokens_per_s"] > 0 for r in result.values())
-    assert all(r["forward_spread"] >= 0 and r["tokens_spread"] >= 0 for r in result.values())
-    once = speed_comparison({"big": big}, tokenizer, _blocks(2, 8), rounds=1, new_tokens=3)
-    assert once["big"]["forward_spread"] == 0 and once["big"]["tokens_spread"] == 0
-    with pytest.raises(ValueError, match="rounds"):
-        speed_comparison({"big": big}, tokenizer, _blocks(2, 8), rounds=0)
-    with pytest.raises(ValueError, match="empty"):
-        speed_comparison({}, tokenizer, _blocks(2, 8))

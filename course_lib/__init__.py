@@ -9,4 +9,6 @@ Modules, each introduced in the chapter that teaches it:
 Import what you need from its module, e.g. ``from course_lib.models import load_model``.
 """
 
+__all__ = ["__version__"]
+
 __version__ = "0.1.0"

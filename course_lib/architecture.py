@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .device import model_device
+from .layers import model_family
 
 SIZES = {
     # depths of the equal-budget configurations (timed side by side with the profile's
@@ -68,17 +69,6 @@ class ParameterBreakdown:
         return {**asdict(self), "total": self.total}
 
 
-def _kind(config) -> str:
-    model_type = getattr(config, "model_type", "")
-    if model_type == "gpt2":
-        return "gpt2"
-    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    if all(hasattr(config, a) for a in needed):
-        return "llama"
-    raise ValueError(f"Unsupported config {type(config).__name__} (model_type {model_type!r}): give a "
-                     "Llama-style config (LlamaConfig, as SmolLM2) or a GPT2Config.")
-
-
 def head_dim(config) -> int:
     """Size of one attention head: ``config.head_dim`` if set, else ``hidden_size / num_attention_heads``."""
     explicit = getattr(config, "head_dim", None)
@@ -92,7 +82,7 @@ def kv_heads(config) -> int:
 
 def parameter_breakdown(config) -> ParameterBreakdown:
     """Parameter count by part, from the config alone (formulas in the module docstring)."""
-    kind = _kind(config)
+    kind = model_family(config)
     d, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
     tied = bool(getattr(config, "tie_word_embeddings", True))
     if kind == "gpt2":
@@ -140,7 +130,7 @@ def kv_cache_bytes_per_token(config, bytes_per_value: int = 2, num_kv_heads: int
     """
     if bytes_per_value <= 0:
         raise ValueError(f"bytes_per_value must be positive, got {bytes_per_value}.")
-    _kind(config)
+    model_family(config)
     heads = kv_heads(config) if num_kv_heads is None else num_kv_heads
     if heads < 1:
         raise ValueError(f"num_kv_heads must be at least 1, got {heads}.")
@@ -163,7 +153,7 @@ def measured_kv_cache_bytes(model, n_tokens: int = 16) -> int:
 
 def describe_config(config) -> dict:
     """The shape of a config in one row: layers, hidden, heads, kv heads, MLP size, parameters."""
-    kind = _kind(config)
+    kind = model_family(config)
     mlp = (config.n_inner or 4 * config.hidden_size) if kind == "gpt2" else config.intermediate_size
     return {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
             "heads": config.num_attention_heads, "kv_heads": kv_heads(config), "mlp": mlp,
@@ -181,7 +171,7 @@ def scaled_config(config, hidden_size: int, num_layers: int):
     Raises:
         ValueError: not a Llama config, or ``hidden_size`` not a multiple of head_dim x group.
     """
-    if _kind(config) != "llama":
+    if model_family(config) != "llama":
         raise ValueError("scaled_config builds Llama-style configs; give a LlamaConfig.")
     h = head_dim(config)
     group = config.num_attention_heads // kv_heads(config)
@@ -207,7 +197,7 @@ def equal_budget_configs(config, depths: list[int], budget: int | None = None) -
     Raises:
         ValueError: not a Llama-style config, a depth below 1, or no width fits the budget.
     """
-    if _kind(config) != "llama":
+    if model_family(config) != "llama":
         raise ValueError("equal_budget_configs builds Llama-style configs; give a LlamaConfig.")
     budget = budget or parameter_breakdown(config).total
     step = head_dim(config) * (config.num_attention_heads // kv_heads(config))

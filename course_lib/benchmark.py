@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+__all__ = ["NotebookRun", "run_notebook", "save_runs", "markdown_table", "write_results_markdown"]
+
 
 @dataclass
 class NotebookRun:

@@ -2,11 +2,23 @@
 
 Each row holds a claim from the source articles (or the published work they lean on), what we
 measured on our model in this run, and a verdict computed from the measurement, never typed in.
+
+The verdict logic lives here, so that a lesson's claim cell holds only its rows:
+
+* :func:`rate_comparison` / :func:`rate_band`: two proportions (accuracy, agreement) over n items;
+* :func:`speedup_verdict` and :func:`speed_claim`: a speed-up against the timing noise, from
+  :func:`course_lib.metrics.compare_speeds`' table (one timing round: inconclusive);
+* :func:`within_tolerance`: a gap at most a tolerance, given the noise;
+* :func:`lower_is_better`: a measured ordering of several values, with a relative margin;
+* :func:`all_hold`, :func:`negate`: combine verdicts.
 """
 
 from __future__ import annotations
 
 import math
+
+__all__ = ["INCONCLUSIVE", "VERDICTS", "verdict", "rate_band", "rate_comparison", "speedup_verdict",
+           "speedup", "speed_claim", "within_tolerance", "lower_is_better", "all_hold", "negate", "claim_table"]
 
 INCONCLUSIVE = "inconclusive"
 VERDICTS = {True: "✅ holds here", False: "❌ does not hold here", None: "➖ not measured here",
@@ -63,7 +75,10 @@ def speedup_verdict(ratio: float, spread: float, threshold: float = 1.05):
 
     True if ``ratio >= threshold`` and ``ratio - 1 > spread``; False if ``ratio < threshold`` and
     ``threshold - ratio > spread``; otherwise :data:`INCONCLUSIVE` (the gap is within the noise).
+    A NaN ``spread`` (fewer than two timing rounds: no noise estimate) is always INCONCLUSIVE.
     """
+    if spread != spread:  # NaN: one round, so nothing is known about the noise
+        return INCONCLUSIVE
     if ratio <= 0 or spread < 0:
         raise ValueError(f"ratio must be positive and spread non-negative; got {ratio} and {spread}.")
     if ratio >= threshold and ratio - 1 > spread:
@@ -71,6 +86,48 @@ def speedup_verdict(ratio: float, spread: float, threshold: float = 1.05):
     if ratio < threshold and threshold - ratio > spread:
         return False
     return INCONCLUSIVE
+
+
+def speedup(table, new: str, old: str, timing: str = "generation") -> tuple[float, float]:
+    """``(ratio, noise)`` of model ``new`` against model ``old`` in a
+    :func:`course_lib.metrics.compare_speeds` table: ``ratio = old time / new time`` (above 1:
+    ``new`` is faster), ``noise`` = the larger of the two models' relative spreads (NaN with one
+    round). ``timing`` is ``"generation"`` (``latency_s``, ``spread``) or ``"forward"``
+    (``forward_s``, ``forward_spread``)."""
+    columns = {"generation": ("latency_s", "spread"), "forward": ("forward_s", "forward_spread")}
+    if timing not in columns:
+        raise ValueError(f"timing must be 'generation' or 'forward'; got {timing!r}.")
+    time_col, spread_col = columns[timing]
+    missing = [m for m in (new, old) if m not in table.index]
+    if missing or time_col not in table.columns:
+        raise ValueError(f"The speed table has no {missing or time_col!r}: it has models {list(table.index)} and "
+                         f"columns {list(table.columns)} (forward timings need compare_speeds(forward_input=...)).")
+    ratio = float(table.loc[old, time_col]) / float(table.loc[new, time_col])
+    noise = max(float(table.loc[new, spread_col]), float(table.loc[old, spread_col]))
+    return ratio, noise
+
+
+def speed_claim(table, new: str, old: str, threshold: float = 1.05, timing: str = "generation"):
+    """Is ``new`` at least ``threshold`` times as fast as ``old``, beyond the noise? The verdict of
+    :func:`speedup_verdict` on :func:`speedup` of a side-by-side timing table (INCONCLUSIVE with
+    fewer than two rounds)."""
+    ratio, noise = speedup(table, new, old, timing)
+    return speedup_verdict(ratio, noise, threshold)
+
+
+def lower_is_better(values: dict, order: list, margin: float = 0.0):
+    """Do the measured ``values`` (e.g. perplexities by method) increase in the given ``order``,
+    each by more than ``margin`` (relative)? True if every step ``values[b] > values[a] * (1 +
+    margin)``, False if some step goes the other way by more than the margin, otherwise
+    :data:`INCONCLUSIVE` (a step within the margin)."""
+    missing = [k for k in order if k not in values]
+    if missing or len(order) < 2:
+        raise ValueError(f"order needs at least two keys of values; missing {missing}, values has {list(values)}.")
+    steps = []
+    for a, b in zip(order, order[1:]):
+        lo, hi = float(values[a]), float(values[b])
+        steps.append(True if hi > lo * (1 + margin) else False if lo > hi * (1 + margin) else INCONCLUSIVE)
+    return all_hold(*steps)
 
 
 def within_tolerance(gap: float, tolerance: float, noise: float):

@@ -22,9 +22,17 @@ from functools import lru_cache
 
 import torch
 
+__all__ = ["SPLITS", "CORPORA", "SPLIT_FRACTIONS", "MIN_BLOCKS_128", "pydoc_split_topics", "load_text",
+           "token_blocks"]
+
 SPLITS = ("train", "validation", "calibration")
 CORPORA = ("pydoc", "wikitext2")
 SPLIT_FRACTIONS = {"validation": 0.15, "calibration": 0.12}  # of characters; train gets the rest
+
+# Blocks of 128 SmolLM2 tokens in each pydoc split: CPython's help texts change between versions
+# (measured: validation 133 / 134 / 157 / 158 blocks on Python 3.10.13 / 3.11.7 / 3.12.1 / 3.13.0;
+# calibration 152 / 157 / 144 / 158; train 578 / 591 / 624 / 635). Sizes must fit the smallest.
+MIN_BLOCKS_128 = {"validation": 133, "calibration": 144, "train": 578}
 
 
 def _check(split: str, corpus: str) -> None:
@@ -117,11 +125,15 @@ def token_blocks(tokenizer, split: str = "validation", block_size: int = 128,
         raise ValueError(f"max_blocks must be positive or None, got {max_blocks}.")
     ids = _token_ids(tokenizer, split, corpus)
     n = len(ids) // block_size
+    if n == 0:
+        raise ValueError(f"The {corpus} {split} split has {len(ids)} tokens, fewer than one block of "
+                         f"{block_size}: use a smaller block_size.")
     if max_blocks is not None:
         if max_blocks > n:
             raise ValueError(
-                f"The {corpus} {split} split has only {n} blocks of {block_size} tokens; "
-                f"asked for {max_blocks}."
+                f"The {corpus} {split} split has only {n} blocks of {block_size} tokens here; "
+                f"asked for {max_blocks}. (The pydoc corpus differs between Python versions; "
+                f"course profiles ask for at most {MIN_BLOCKS_128} blocks of 128 tokens.)"
             )
         n = max_blocks
     return ids[: n * block_size].view(n, block_size).clone()

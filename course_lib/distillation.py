@@ -209,41 +209,6 @@ class DistillationTrainer(_trainer_base()):
         return (loss, outputs) if return_outputs else loss
 
 
-def blocks_dataset(blocks: torch.Tensor) -> list[dict]:
-    """Token blocks as a list of examples (``input_ids``, ``attention_mask``, ``labels``) for a Trainer."""
-    if blocks.ndim != 2 or len(blocks) == 0:
-        raise ValueError(f"blocks must be a non-empty [n_blocks, block_size] tensor, got {tuple(blocks.shape)}.")
-    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in blocks]
-
-
-def trainer_arguments(output_dir: str, steps: int, lr: float, batch_size: int, warmup_steps: int = 0,
-                      seed: int = 0, **overrides):
-    """``TrainingArguments`` matching ``course_lib.training.train``: AdamW, linear warm-up and decay,
-    gradient clipping at 1, no weight decay, a loss logged every step, nothing saved or reported."""
-    from transformers import TrainingArguments
-
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"Need steps >= 1, batch_size >= 1 and lr > 0; got {steps}, {batch_size}, {lr}.")
-    settings = dict(output_dir=output_dir, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size,
-                    lr_scheduler_type="linear", warmup_steps=warmup_steps, weight_decay=0.0,
-                    max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
-                    report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0,
-                    use_cpu=_on_cpu())
-    settings.update(overrides)
-    return TrainingArguments(**settings)
-
-
-def _on_cpu() -> bool:
-    from .device import pick_device
-
-    return pick_device().type == "cpu"
-
-
-def logged_losses(trainer) -> list[float]:
-    """The training losses a Trainer logged, in order (one per logging step)."""
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
 @torch.no_grad()
 def top1_predictions(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
     """The model's most likely next token at every position but the last: ``[n_blocks, block_size - 1]``."""

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import nbformat
 
+__all__ = ["BEGIN", "END", "STUB_ERROR", "strip_solutions", "make_exercise", "render", "build", "main"]
+
 BEGIN = "# BEGIN SOLUTION"
 END = "# END SOLUTION"
 STUB_ERROR = 'raise NotImplementedError("Exercise: write this part, then run the check below.")'

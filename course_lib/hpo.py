@@ -34,16 +34,14 @@ import math
 import os
 import random
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .device import model_device
-from .tasks import Example, collate, encode_example, make_task
+from .metrics import answer_loss
+from .tasks import Example, make_task
 from .training import task_batches, train
 
 # Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task;
@@ -235,34 +233,6 @@ def make_search_data(task: str = "date-iso", n_train: int = 256, n_validation: i
     return SearchData(train=examples[n_validation:], validation=examples[:n_validation], test=list(data.test))
 
 
-@torch.no_grad()
-def validation_loss(model, tokenizer, examples: list[Example], batch_size: int = 16) -> float:
-    """Mean next-token cross-entropy over the *answer* tokens of ``examples``, token-weighted:
-
-        L = sum_i sum_{t in answer_i} -log p(x_t | x_<t)  /  (number of answer tokens)
-
-    The prompt tokens are not scored (they are given, not predicted), exactly as in training.
-    Restores the model's train/eval mode.
-    """
-    if not examples:
-        raise ValueError("validation_loss needs at least one example.")
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    total, count = 0.0, 0
-    encoded = [encode_example(tokenizer, e) for e in examples]
-    for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size],
-                                                       tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        count += int((labels != -100).sum())
-    model.train(was_training)
-    return total / count
-
-
 # --------------------------------------------------------------------------- models for trials
 
 
@@ -312,42 +282,6 @@ def tiny_model_factory(vocab_size: int, hidden_size: int = 32, num_layers: int =
     return make
 
 
-class CompactTokenizer:
-    """The course tokenizer restricted to the token ids some texts use, renumbered ``0..V-1``.
-
-    A tiny model over the full 49,152-token vocabulary spends nearly all its time on the output
-    layer; the date task uses a few dozen distinct tokens. Wrapping the tokenizer shrinks the
-    stand-in model's vocabulary to those, and the course's ``encode_example``, ``collate`` and
-    ``task_batches`` work unchanged. Text that contains a token outside the vocabulary raises.
-    """
-
-    def __init__(self, tokenizer, texts: list[str]):
-        ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-        for text in texts:
-            ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
-        self.base = tokenizer
-        self.old_ids = sorted(ids)
-        self.new_id = {old: new for new, old in enumerate(self.old_ids)}
-        self.eos_token_id = self.new_id[tokenizer.eos_token_id]
-        self.pad_token_id = self.new_id[tokenizer.pad_token_id]
-
-    @classmethod
-    def for_examples(cls, tokenizer, examples: list[Example]) -> "CompactTokenizer":
-        """The vocabulary of every prompt and answer (as ``encode_example`` tokenizes them)."""
-        return cls(tokenizer, [e.prompt for e in examples] + [" " + e.answer for e in examples])
-
-    def __len__(self) -> int:
-        return len(self.old_ids)
-
-    def __call__(self, text: str, add_special_tokens: bool = False, **kwargs) -> dict:
-        ids = self.base(text, add_special_tokens=add_special_tokens)["input_ids"]
-        try:
-            return {"input_ids": [self.new_id[i] for i in ids]}
-        except KeyError as err:
-            raise ValueError(f"Token id {err.args[0]} of {text!r} is not in this compact vocabulary; "
-                             "build it from all the texts you will encode.") from None
-
-
 # --------------------------------------------------------------------------- the objective
 
 
@@ -381,7 +315,7 @@ class TaskObjective:
     (so random initial weights are reproducible too), train it with
     ``course_lib.training.train`` on ``task_batches(train_examples, batch_size, seed)`` for
     ``steps`` steps at peak learning rate ``lr`` with ``round(warmup_fraction * steps)`` warm-up
-    steps, and return :func:`validation_loss` on ``val_examples``.
+    steps, and return :func:`course_lib.metrics.answer_loss` on ``val_examples``.
 
     With ``eval_every > 0`` it also reports the validation loss every ``eval_every`` steps
     (``trial.report``) and, when the study's pruner says so (``trial.should_prune()``), stops
@@ -440,7 +374,7 @@ class TaskObjective:
         def report(step: int, loss: float) -> bool:
             done = step + 1
             if self.eval_every and done % self.eval_every == 0 and done < steps:
-                trial.report(validation_loss(model, self.tokenizer, self.val_examples, self.eval_batch_size), done)
+                trial.report(answer_loss(model, self.tokenizer, self.val_examples, self.eval_batch_size), done)
                 if trial.should_prune():
                     pruned_at.append(done)
                     return True
@@ -456,7 +390,7 @@ class TaskObjective:
         trial.set_user_attr("train_seconds", result.seconds)
         if pruned_at:
             raise optuna.TrialPruned(f"pruned at step {pruned_at[0]} of {steps}")
-        value = validation_loss(model, self.tokenizer, self.val_examples, self.eval_batch_size)
+        value = answer_loss(model, self.tokenizer, self.val_examples, self.eval_batch_size)
         if self.eval_every:
             trial.report(value, steps)
         return value
@@ -933,21 +867,3 @@ def article_grid_search_errors(param_grid: dict) -> list[tuple[str, str]]:
     attempt(f"Trainer(**{{{next(iter(param_grid))!r}: ...}})  # setting a grid point",
             lambda: Trainer(**{next(iter(param_grid)): next(iter(param_grid.values()))[0]}))
     return attempts
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run a block with ``torch.set_num_threads(n)``, then restore the previous count.
-
-    Tiny models gain nothing from several threads, and on a shared 2-core machine threads
-    that wait for each other cost more than they give; one thread per process is the rule
-    when several processes share the cores.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"The number of threads must be a positive int, got {n!r}.")
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

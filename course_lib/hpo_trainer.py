@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import tempfile
 
-from .device import pick_device
 from .hpo import Choice, lora_model_factory
 from .tasks import Example, collate, encode_example
+from .training import trainer_arguments
 
 
 def lora_model_init(base_model, ranks=(4, 8, 16), default_rank: int = 8, **lora_kwargs):
@@ -46,22 +46,19 @@ def task_trainer(model_init, tokenizer, train_examples: list[Example], val_examp
 
     Same examples, encoding (loss on the answer tokens) and padding as the course loop; the whole
     validation split is one evaluation batch, so ``eval_loss`` is the token-weighted mean over
-    its answer tokens, as :func:`course_lib.hpo.validation_loss` computes it. No checkpoints,
+    its answer tokens, as :func:`course_lib.metrics.answer_loss` computes it. No checkpoints,
     no logging integrations, AdamW (``adamw_torch``) with linear decay.
     """
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer
 
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
     if not train_examples or not val_examples:
         raise ValueError("task_trainer needs training and validation examples.")
-    args = TrainingArguments(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="hpo-trainer-"),
-        max_steps=max_steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
-        per_device_eval_batch_size=len(val_examples), eval_strategy="no", save_strategy="no",
-        logging_strategy="no", report_to="none", disable_tqdm=True, seed=seed, optim="adamw_torch",
-        use_cpu=pick_device().type == "cpu", dataloader_pin_memory=False, remove_unused_columns=False,
-    )
+    args = trainer_arguments(output_dir or tempfile.mkdtemp(prefix="hpo-trainer-"), max_steps, learning_rate,
+                             batch_size, seed=seed, per_device_eval_batch_size=len(val_examples),
+                             eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             dataloader_pin_memory=False, remove_unused_columns=False)
     train_set = [encode_example(tokenizer, e) for e in train_examples]
     val_set = [encode_example(tokenizer, e) for e in val_examples]
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train_set, eval_dataset=val_set,

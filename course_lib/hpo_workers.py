@@ -31,8 +31,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .hpo import (CompactTokenizer, TaskObjective, check_budget, lora_model_factory, make_sampler,
+from .hpo import (TaskObjective, check_budget, lora_model_factory, make_sampler,
                   make_search_data, open_storage, space_from_dict, tiny_model_factory)
+from .tasks import CompactTokenizer
 
 SPEC_KEYS = {"model", "task", "n_train", "n_validation", "space", "fixed", "sampler", "seed"}
 

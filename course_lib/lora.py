@@ -22,13 +22,12 @@ Training and comparing runs (:func:`fine_tune`, QLoRA, the sweep) are in
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .layers import is_linear, linear_layers, linear_weight
+from .layers import is_linear, linear_layers, linear_weight, model_family
 
 # Chapter 05 sizes. Steps and batch are shared by LoRA, full fine-tuning and QLoRA (same budget).
 SIZES = {
@@ -99,12 +98,6 @@ def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
 # --------------------------------------------------------------------------- targets
 
 
-def _architecture(model: nn.Module) -> str:
-    from transformers.pytorch_utils import Conv1D
-
-    return "gpt2" if any(isinstance(m, Conv1D) for m in model.modules()) else "llama"
-
-
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct short names of a model's linear layers (``q_proj``, ``c_attn``, ``lm_head``...)."""
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear(m) and name})
@@ -125,7 +118,7 @@ def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
         if targets == "all-linear":
             return sorted({n.rsplit(".", 1)[-1] for n in linear_layers(model)})
         if targets in TARGET_PRESETS:
-            return list(TARGET_PRESETS[targets][_architecture(model)])
+            return list(TARGET_PRESETS[targets][model_family(model)])
         raise ValueError(f"Unknown target preset {targets!r}; use one of "
                          f"{sorted(TARGET_PRESETS) + ['all-linear']} or a list of module names.")
     targets = list(targets)
@@ -163,7 +156,7 @@ def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", 
         raise ValueError(f"lora dropout must be in [0, 1), got {dropout}.")
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=resolve_targets(model, targets),
-                      fan_in_fan_out=_architecture(model) == "gpt2", task_type="CAUSAL_LM")
+                      fan_in_fan_out=model_family(model) == "gpt2", task_type="CAUSAL_LM")
 
 
 def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed: int | None = None,
@@ -264,18 +257,3 @@ def max_abs_logit_difference(model_a: nn.Module, model_b: nn.Module, input_ids: 
         outputs.append(model(input_ids=input_ids.to(model_device(model))).logits.float().cpu())
         model.train(was_training)
     return (outputs[0] - outputs[1]).abs().max().item()
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``), so that
-    a following :class:`~course_lib.metrics.PeakMemory` on the CPU starts from an honest baseline."""
-    import gc
-
-    gc.collect()
-    if os.name == "posix":
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-            pass

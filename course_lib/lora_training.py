@@ -3,7 +3,7 @@
 * :func:`fine_tune` trains a model in place on task examples with the course's loop and
   reports what the comparison needs: loss curve, seconds per step, trainable parameters, the
   exact bytes of weights, gradients and optimizer state, and (as context) peak memory.
-* Sweeps score runs by chapter 01's :func:`course_lib.hpo.validation_loss`, the held-out loss
+* Sweeps score runs by :func:`course_lib.metrics.answer_loss`, the held-out loss
   on answer tokens (teacher-forced): cheap and smooth.
 * :func:`load_qlora_base` loads the model in NF4 (bitsandbytes) ready for LoRA: QLoRA.
 * :func:`lora_sweep` and :func:`sweep_effects`: which matters more, rank or learning rate?
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .device import model_device, pick_device
-from .hpo import validation_loss
-from .lora import add_lora_, lora_config, release_memory, trainable_parameters
-from .metrics import PeakMemory, footprint_bytes
+from .device import model_device, pick_device, release_memory
+from .lora import add_lora_, lora_config, trainable_parameters
+from .metrics import PeakMemory, answer_loss
+from .footprint import footprint_bytes
 from .tasks import Example
 from .training import optimizer_state_bytes, task_batches, train
 
@@ -115,7 +115,7 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
     Each run copies ``base_model`` (which is not modified), keeps ``alpha`` fixed (so the
     scaling ``alpha / r`` shrinks as ``r`` grows, as in the LoRA paper), trains ``steps`` steps on
     the same batches, and records the final training loss (mean of the last 3 steps) and
-    :func:`~course_lib.hpo.validation_loss` on ``eval_examples``. A run whose loss becomes infinite or NaN is kept
+    :func:`~course_lib.metrics.answer_loss` on ``eval_examples``. A run whose loss becomes infinite or NaN is kept
     with ``diverged=True`` and infinite losses. Returns a pandas DataFrame, one row per run.
     """
     import pandas as pd
@@ -130,7 +130,7 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
             run = fine_tune(model, tokenizer, train_examples, steps=steps, lr=lr, batch_size=batch_size,
                             seed=seed, progress=False)
             row.update({"final train loss": sum(run.losses[-3:]) / len(run.losses[-3:]),
-                        "held-out answer loss": validation_loss(model, tokenizer, eval_examples), "diverged": False})
+                        "held-out answer loss": answer_loss(model, tokenizer, eval_examples), "diverged": False})
         except FloatingPointError:
             row.update({"final train loss": float("inf"), "held-out answer loss": float("inf"), "diverged": True})
         rows.append(row)

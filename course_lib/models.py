@@ -33,6 +33,10 @@ import torch
 
 from .device import pick_device
 
+__all__ = ["DEFAULT_MODEL", "QUANTIZATIONS", "ModelSpec", "KNOWN_MODELS", "ModelSource", "cache_dir",
+           "hub_offline", "hub_reachable", "offline_gguf_path", "resolve_model_source", "bnb_config",
+           "check_quantization_supported", "load_tokenizer", "load_model", "save_model"]
+
 DEFAULT_MODEL = "smollm2-135m"
 QUANTIZATIONS = (None, "int8", "nf4", "fp4")
 
@@ -122,7 +126,7 @@ def _hub_cached_folder(hub_id: str) -> str | None:
     return None
 
 
-def _offline_gguf_path(spec: ModelSpec) -> Path | None:
+def offline_gguf_path(spec: ModelSpec) -> Path | None:
     if spec.offline_package is None:
         return None
     found = importlib.util.find_spec(spec.offline_package)  # locate, never import it
@@ -174,7 +178,7 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> ModelSource:
                 "course-cache", str(converted),
                 f"offline copy (GGUF Q4_1 dequantized to fp32, cached in {converted})",
             )
-        gguf = _offline_gguf_path(spec)
+        gguf = offline_gguf_path(spec)
         if gguf is not None:
             return ModelSource(
                 "gguf-wheel", str(gguf.parent),

@@ -1,7 +1,8 @@
 """Run profiles: how big every experiment is.
 
-Three profiles, chosen automatically (a CUDA GPU: ``gpu``, else ``cpu``) and overridden by the
-environment variable ``COURSE_PROFILE``:
+Three profiles, chosen automatically from the course's one device decision
+(:func:`course_lib.device.pick_device`: a CUDA device gives ``gpu``, anything else ``cpu``) and
+overridden by the environment variable ``COURSE_PROFILE``:
 
 * ``smoke``: continuous integration. The fewest steps that still run every code path; the
   numbers it produces are not meant to be read.
@@ -12,6 +13,10 @@ environment variable ``COURSE_PROFILE``:
 so the capstone can compare chapters). A chapter's own sizes live in its module as a table
 ``{"smoke": {...}, "cpu": {...}, "gpu": {...}}`` read with :func:`sizes_for`.
 Notebooks never hard-code a size.
+
+Every block count a profile asks for must exist in the smallest corpus split on every supported
+Python: the pydoc text differs between Python versions (see
+:data:`course_lib.data.MIN_BLOCKS_128`), and a test checks every profile and chapter table.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import os
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
-import torch
+from .device import pick_device
+
+__all__ = ["PROFILE_ENV", "PROFILE_NAMES", "Profile", "PROFILES", "profile_name", "get_profile", "sizes_for"]
 
 PROFILE_ENV = "COURSE_PROFILE"
 PROFILE_NAMES = ("smoke", "cpu", "gpu")
@@ -49,16 +56,20 @@ PROFILES: dict[str, Profile] = {
                      gen_tokens=8, timing_repeats=1, task_test_size=8, train_batch_size=2),
     "cpu": Profile("cpu", block_size=128, eval_blocks=48, eval_batch_size=8, calib_blocks=32,
                    gen_tokens=32, timing_repeats=3, task_test_size=100, train_batch_size=8),
-    "gpu": Profile("gpu", block_size=128, eval_blocks=256, eval_batch_size=32, calib_blocks=128,
+    # eval_blocks and calib_blocks at most course_lib.data.MIN_BLOCKS_128 (133 validation,
+    # 144 calibration blocks on Python 3.10; a test checks it)
+    "gpu": Profile("gpu", block_size=128, eval_blocks=128, eval_batch_size=32, calib_blocks=128,
                    gen_tokens=32, timing_repeats=5, task_test_size=300, train_batch_size=16),
 }
 
 
 def profile_name() -> str:
-    """The active profile's name: ``$COURSE_PROFILE`` if set, else ``gpu`` with CUDA, else ``cpu``."""
+    """The active profile's name: ``$COURSE_PROFILE`` if set, else ``gpu`` when the course's device
+    (:func:`course_lib.device.pick_device`, so ``COURSE_DEVICE=cpu`` on a GPU machine gives
+    ``cpu``) is a CUDA device, else ``cpu``."""
     name = os.environ.get(PROFILE_ENV)
     if name is None or name == "":
-        return "gpu" if torch.cuda.is_available() else "cpu"
+        return "gpu" if pick_device().type == "cuda" else "cpu"
     name = name.strip().lower()
     if name not in PROFILES:
         raise ValueError(

@@ -312,9 +312,9 @@ def layer_sparsity(model: nn.Module, include: tuple[str, ...] | None = None) -> 
 
 def _stored(module: nn.Module, mask_out_in: torch.Tensor) -> torch.Tensor:
     """A ``[out, in]`` mask in the layout the module stores its weight (Conv1D: ``[in, out]``)."""
-    from .layers import _conv1d_type
+    from .layers import conv1d_type
 
-    return mask_out_in.T if isinstance(module, _conv1d_type()) else mask_out_in
+    return mask_out_in.T if isinstance(module, conv1d_type()) else mask_out_in
 
 
 def prune_with_torch_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:

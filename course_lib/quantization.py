@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from .device import model_device
 from .layers import linear_layers, linear_weight, set_linear_weight
-from .metrics import footprint_bytes, perplexity
+from .metrics import perplexity
+from .footprint import footprint_bytes
 
 # Chapter sizes (see course_lib.profiles.sizes_for). Perplexities of the ladder and the 4-bit
 # data types use `ladder_eval_blocks` validation blocks (fewer than the scorecard's
@@ -422,7 +423,7 @@ def packed_footprint_bytes(model: nn.Module, bits: float, group_size: int | str 
 def linear_bits_per_weight(model: nn.Module, exclude: tuple[str, ...] = ("lm_head",)) -> float:
     """Measured storage of the linear layers' weights: ``8 * bytes held / number of weights``.
 
-    Bytes come from :func:`course_lib.metrics.footprint_bytes` of each layer (packed weights and
+    Bytes come from :func:`course_lib.footprint.footprint_bytes` of each layer (packed weights and
     their quantization state, biases excluded); the weight count is ``out * in`` of each layer.
     """
     total_bits, weights = 0, 0

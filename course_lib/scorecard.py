@@ -11,12 +11,23 @@
   median of ``profile.timing_repeats``);
 * peak memory during the perplexity evaluation (process RSS on CPU, allocated bytes on CUDA).
 
-:func:`save_record` stores it in ``<results>/<profile>/<chapter>.json`` (one file per chapter,
-a record per model name, replaced when measured again). :func:`load_records` gathers every
-chapter into one pandas table; :func:`pareto_plot` draws footprint and speed against perplexity.
+The record also says which machine made it (:func:`course_lib.device.machine_info`: CPU model and
+flags, GPU, threads), because speeds only compare on one machine.
 
-The results folder is ``$COURSE_RESULTS_DIR`` if set, else ``benchmarks/results`` of the course
-checkout, else ``results`` in the course cache folder.
+:func:`record` is what a lesson calls: measure, save and print one line, in one call (with
+speeds from a side-by-side :func:`course_lib.metrics.compare_speeds` table when the lesson has
+one). :func:`records_table` shows several records with fixed column names;
+:func:`perplexities` scores several variants on the same blocks.
+
+:func:`save_record` stores a record in ``<results>/<profile>/<chapter>.json`` (one file per
+chapter, a record per model name, replaced when measured again). :func:`load_records` gathers
+every chapter into one pandas table; :func:`pareto_plot` draws footprint and speed against
+perplexity.
+
+The results folder (:func:`results_dir`) is ``$COURSE_RESULTS_DIR`` if set, else
+``benchmarks/results`` of the course working copy the notebook runs in (found from the current
+folder upwards, never from where ``course_lib`` is installed), else ``results`` in the course
+cache folder.
 """
 
 from __future__ import annotations
@@ -27,11 +38,16 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from torch import nn
+
 from .data import token_blocks
-from .device import model_device
-from .metrics import (PeakMemory, count_parameters, exact_match, footprint_bytes,
-                      generation_speed, naive_footprint_bytes, perplexity)
+from .device import machine_info, model_device
+from .metrics import PeakMemory, exact_match, generation_speed, perplexity
+from .footprint import count_parameters, footprint_bytes, naive_footprint_bytes
 from .profiles import Profile, get_profile
+
+__all__ = ["Record", "measure", "record", "records_table", "perplexities", "results_dir", "save_record",
+           "load_records", "results_table", "pareto_front", "pareto_plot", "TABLE_COLUMNS"]
 
 
 @dataclass
@@ -54,6 +70,7 @@ class Record:
     peak_memory_bytes: int | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
     timestamp: str = field(default_factory=lambda: dt.datetime.now().isoformat(timespec="seconds"))
 
     def summary(self) -> str:
@@ -104,19 +121,105 @@ def measure(model, tokenizer, *, chapter: str, name: str, task_examples=None,
         params=counts.total, nonzero_params=counts.nonzero, sparsity=counts.sparsity,
         footprint_bytes=footprint_bytes(model), naive_footprint_bytes=naive_footprint_bytes(model),
         perplexity=ppl, accuracy=acc, tokens_per_s=tps, latency_s=latency,
-        peak_memory_bytes=peak.peak_bytes, notes=notes, extra=dict(extra or {}),
+        peak_memory_bytes=peak.peak_bytes, notes=notes, extra=dict(extra or {}), machine=machine_info(device),
     )
+
+
+def record(model, tokenizer, *, chapter: str, name: str, speeds=None, quiet: bool = False,
+           **measure_kwargs) -> Record:
+    """Measure ``model`` with :func:`measure`, save the record (:func:`save_record`) and print its
+    one-line summary: what every lesson does for each model it reports.
+
+    ``speeds``: a :func:`course_lib.metrics.compare_speeds` table holding a row ``name``. Its
+    side-by-side timing then replaces the record's own (``tokens_per_s``, ``latency_s``), its
+    ``spread``, ``rounds`` (and forward timings, if any) go to ``extra``, and ``measure`` skips
+    its separate timing, so that the scorecard and the lesson's comparison show the same numbers.
+    Other keyword arguments go to :func:`measure`.
+    """
+    if speeds is not None:
+        if name not in speeds.index:
+            raise ValueError(f"The speed table has no row {name!r}; it has {list(speeds.index)}. "
+                             "Time the model under the same name it is recorded with.")
+        measure_kwargs["speed"] = False
+    result = measure(model, tokenizer, chapter=chapter, name=name, **measure_kwargs)
+    if speeds is not None:
+        row = speeds.loc[name]
+        result.tokens_per_s, result.latency_s = float(row["tokens_per_s"]), float(row["latency_s"])
+        timing = {"timing": "side by side (compare_speeds)", "timing_spread": float(row["spread"]),
+                  "timing_rounds": int(row["rounds"])}
+        if "forward_s" in row:
+            timing.update(forward_s=float(row["forward_s"]), forward_spread=float(row["forward_spread"]))
+        result.extra.update(timing)
+    save_record(result)
+    if not quiet:
+        print(result.summary())
+    return result
+
+
+TABLE_COLUMNS = ["name", "perplexity", "accuracy", "footprint_MB", "article_estimate_MB", "params_M",
+                 "sparsity", "tokens_per_s", "latency_s"]
+
+
+def records_table(records, columns=None):
+    """Records (a list of :class:`Record`, or a dict of them) as a pandas table with the course's
+    fixed column names (:data:`TABLE_COLUMNS`, or a subset given as ``columns``): MB instead of
+    bytes, millions of parameters, indexed by name."""
+    import pandas as pd
+
+    items = list(records.values()) if isinstance(records, dict) else list(records)
+    if not items or not all(isinstance(r, Record) for r in items):
+        raise ValueError("records_table needs a non-empty list (or dict) of scorecard Records.")
+    columns = list(columns or TABLE_COLUMNS)
+    unknown = [c for c in columns if c not in TABLE_COLUMNS]
+    if unknown:
+        raise ValueError(f"Unknown columns {unknown}; choose from {TABLE_COLUMNS}.")
+    rows = [{"name": r.name, "perplexity": r.perplexity, "accuracy": r.accuracy,
+             "footprint_MB": r.footprint_bytes / 1e6, "article_estimate_MB": r.naive_footprint_bytes / 1e6,
+             "params_M": r.params / 1e6, "sparsity": r.sparsity, "tokens_per_s": r.tokens_per_s,
+             "latency_s": r.latency_s} for r in items]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)[columns if "name" in columns else ["name"] + columns]
+    return table.set_index("name")
+
+
+def perplexities(models: dict, blocks, batch_size: int = 8, progress: bool = True):
+    """Perplexity of each model of ``{label: model}`` on the same ``blocks``
+    (:func:`course_lib.metrics.perplexity`), as a pandas Series indexed by label. A value may also
+    be a function of no arguments that returns the model, so that only one variant at a time is
+    held in memory."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not models:
+        raise ValueError("perplexities needs at least one model, e.g. {'dense': model}.")
+    values = {}
+    for label, model in tqdm(models.items(), desc="variants", disable=not progress or len(models) < 2):
+        model = model if isinstance(model, nn.Module) else model()
+        values[label] = perplexity(model, blocks, batch_size=batch_size, progress=False)
+    return pd.Series(values, name="perplexity")
 
 
 # --------------------------------------------------------------------------- storage
 
 
+def _course_checkout(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` that is a working copy of the course."""
+    for folder in (start, *start.parents):
+        project = folder / "pyproject.toml"
+        if project.is_file() and (folder / "benchmarks").is_dir() and \
+                'name = "llm-optimization-course"' in project.read_text():
+            return folder
+    return None
+
+
 def results_dir() -> Path:
-    """Where records are stored (see the module docstring)."""
+    """Where records are stored: ``$COURSE_RESULTS_DIR``, else ``benchmarks/results`` of the course
+    working copy that contains the current folder (a notebook runs in its own folder), else the
+    course cache folder's ``results``. Never the copy ``course_lib`` was installed from: running
+    a second clone must not write into the first."""
     if os.environ.get("COURSE_RESULTS_DIR"):
         return Path(os.environ["COURSE_RESULTS_DIR"]).expanduser()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file() and (checkout / "benchmarks").is_dir():
+    checkout = _course_checkout(Path.cwd().resolve())
+    if checkout is not None:
         return checkout / "benchmarks" / "results"
     from .models import cache_dir
 

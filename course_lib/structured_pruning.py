@@ -35,7 +35,7 @@ import copy
 import torch
 from torch import nn
 
-from .layers import _conv1d_type, decoder_layers, linear_weight
+from .layers import conv1d_type, decoder_layers, linear_weight
 from .pruning import check_sparsity, input_norms, n_to_prune
 
 # (input projections, output projection, config attribute holding the width) per MLP family
@@ -185,8 +185,8 @@ def _sliced(module: nn.Module, rows: torch.Tensor | None = None, cols: torch.Ten
         weight = weight[:, cols]
     out_features, in_features = weight.shape
     requires_grad = module.weight.requires_grad
-    if isinstance(module, _conv1d_type()):
-        new = _conv1d_type()(out_features, in_features)
+    if isinstance(module, conv1d_type()):
+        new = conv1d_type()(out_features, in_features)
         new.weight = nn.Parameter(weight.T.contiguous().clone(), requires_grad=requires_grad)
     else:
         new = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)

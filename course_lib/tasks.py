@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["TASK_NAMES", "Example", "TaskData", "DATE_FORMATS", "number_to_words", "make_task",
+           "normalize_answer", "encode_example", "collate", "answer_token_budget", "CompactTokenizer"]
+
 TASK_NAMES = ("date-iso", "number-words")
 
 
@@ -191,3 +194,39 @@ def answer_token_budget(tokenizer, examples: list[Example], margin: int = 2) -> 
     """Enough new tokens to generate the longest answer (plus end-of-sequence) with a margin."""
     longest = max(len(tokenizer(" " + e.answer, add_special_tokens=False)["input_ids"]) for e in examples)
     return longest + 1 + margin
+
+
+class CompactTokenizer:
+    """The course tokenizer restricted to the token ids some texts use, renumbered ``0..V-1``.
+
+    A tiny model over the full 49,152-token vocabulary spends nearly all its time on the output
+    layer; the date task uses a few dozen distinct tokens. Wrapping the tokenizer shrinks the
+    stand-in model's vocabulary to those, and the course's ``encode_example``, ``collate`` and
+    ``task_batches`` work unchanged. Text that contains a token outside the vocabulary raises.
+    """
+
+    def __init__(self, tokenizer, texts: list[str]):
+        ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        for text in texts:
+            ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+        self.base = tokenizer
+        self.old_ids = sorted(ids)
+        self.new_id = {old: new for new, old in enumerate(self.old_ids)}
+        self.eos_token_id = self.new_id[tokenizer.eos_token_id]
+        self.pad_token_id = self.new_id[tokenizer.pad_token_id]
+
+    @classmethod
+    def for_examples(cls, tokenizer, examples: list[Example]) -> "CompactTokenizer":
+        """The vocabulary of every prompt and answer (as ``encode_example`` tokenizes them)."""
+        return cls(tokenizer, [e.prompt for e in examples] + [" " + e.answer for e in examples])
+
+    def __len__(self) -> int:
+        return len(self.old_ids)
+
+    def __call__(self, text: str, add_special_tokens: bool = False, **kwargs) -> dict:
+        ids = self.base(text, add_special_tokens=add_special_tokens)["input_ids"]
+        try:
+            return {"input_ids": [self.new_id[i] for i in ids]}
+        except KeyError as err:
+            raise ValueError(f"Token id {err.args[0]} of {text!r} is not in this compact vocabulary; "
+                             "build it from all the texts you will encode.") from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["COURSE_VOCAB_SIZE", "tiny_llama", "tiny_gpt2"]
+
 COURSE_VOCAB_SIZE = 49152  # SmolLM2's tokenizer
 
 

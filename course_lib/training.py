@@ -7,7 +7,9 @@ causal-LM loss; distillation passes its own. Batches come from :func:`task_batch
 instruction task, loss on the answer tokens only) or :func:`block_batches` (plain text blocks).
 
 The loop is deliberately short so that it can be read in one sitting; ``transformers.Trainer``
-does the same with many more options (chapters 01 and 04 show it).
+does the same with many more options (chapters 01 and 04 show it): :func:`trainer_arguments`
+builds its ``TrainingArguments`` to match this loop, :func:`blocks_dataset` turns token blocks
+into its examples, :func:`logged_losses` reads its loss curve back.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .device import model_device
+from .device import model_device, pick_device
 from .tasks import Example, collate, encode_example
+
+__all__ = ["task_batches", "block_batches", "causal_lm_loss", "lr_at", "TrainResult", "train",
+           "optimizer_state_bytes", "smoothed", "blocks_dataset", "trainer_arguments", "logged_losses"]
 
 
 def task_batches(tokenizer, examples: list[Example], batch_size: int, seed: int = 0) -> Iterator[dict]:
@@ -144,3 +149,37 @@ def smoothed(values: list[float], window: int = 10) -> list[float]:
         out.append(sum(chunk) / len(chunk))
     return out
 
+
+# --------------------------------------------------------------------------- the Trainer route
+
+
+def blocks_dataset(blocks: torch.Tensor) -> list[dict]:
+    """Token blocks as a list of examples (``input_ids``, ``attention_mask``, ``labels``) for a Trainer."""
+    if blocks.ndim != 2 or len(blocks) == 0:
+        raise ValueError(f"blocks must be a non-empty [n_blocks, block_size] tensor, got {tuple(blocks.shape)}.")
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in blocks]
+
+
+def trainer_arguments(output_dir: str, steps: int, lr: float, batch_size: int, warmup_steps: int = 0,
+                      seed: int = 0, **overrides):
+    """The course's one ``transformers.TrainingArguments`` builder, matching
+    :func:`train`: AdamW (``adamw_torch``), linear warm-up and decay, gradient clipping at 1, no
+    weight decay, a loss logged every step, nothing saved or reported, on the course device
+    (``use_cpu`` follows :func:`course_lib.device.pick_device`). ``overrides`` replace any field
+    (e.g. ``logging_strategy="no"`` or ``per_device_eval_batch_size``)."""
+    from transformers import TrainingArguments
+
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"Need steps >= 1, batch_size >= 1 and lr > 0; got {steps}, {batch_size}, {lr}.")
+    settings = dict(output_dir=output_dir, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size,
+                    lr_scheduler_type="linear", warmup_steps=warmup_steps, weight_decay=0.0,
+                    max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
+                    report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0,
+                    use_cpu=pick_device().type == "cpu")
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def logged_losses(trainer) -> list[float]:
+    """The training losses a Trainer logged, in order (one per logging step)."""
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

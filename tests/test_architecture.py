@@ -50,7 +50,7 @@ def test_biases_and_untied_gpt2_are_counted():
 
 
 def test_unknown_config_and_unknown_parameter_names_raise():
-    with pytest.raises(ValueError, match="Unsupported config"):
+    with pytest.raises(ValueError, match="Unsupported model or config"):
         parameter_breakdown(object())
 
     class Odd(torch.nn.Module):

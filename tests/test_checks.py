@@ -129,9 +129,49 @@ def test_speedup_verdict_and_combining_verdicts():
     assert all_hold(True, np.float64(1.0) > 2.0) is False and negate(np.True_) is False
 
 
+def test_one_timing_round_is_inconclusive_and_speed_claims_read_the_table():
+    import math
+
+    import pandas as pd
+    import pytest
+
+    from course_lib.claims import INCONCLUSIVE, lower_is_better, speed_claim, speedup, speedup_verdict
+
+    assert speedup_verdict(1.56, math.nan) == INCONCLUSIVE  # one round: no spread, no verdict
+    table = pd.DataFrame({"latency_s": [1.0, 0.5], "spread": [0.1, 0.2], "forward_s": [2.0, 1.95],
+                          "forward_spread": [0.01, 0.02]}, index=["dense", "pruned"])
+    assert speedup(table, "pruned", "dense") == (2.0, 0.2)
+    assert speed_claim(table, "pruned", "dense") is True
+    assert speed_claim(table, "pruned", "dense", timing="forward") is False  # 1.026x: below 1.05 beyond the noise
+    one_round = table.assign(spread=math.nan)
+    assert speed_claim(one_round, "pruned", "dense") == INCONCLUSIVE
+    with pytest.raises(ValueError, match="no"):
+        speed_claim(table, "missing", "dense")
+    with pytest.raises(ValueError, match="timing"):
+        speedup(table, "pruned", "dense", timing="prefill")
+    assert lower_is_better({"nf4": 29.9, "fp4": 32.6, "int4": 33.6}, ["nf4", "fp4", "int4"]) is True
+    assert lower_is_better({"nf4": 29.9, "fp4": 32.6, "int4": 33.6}, ["nf4", "fp4", "int4"], 0.05) == INCONCLUSIVE
+    assert lower_is_better({"a": 40.0, "b": 30.0}, ["a", "b"], 0.05) is False
+    with pytest.raises(ValueError, match="order"):
+        lower_is_better({"a": 1.0}, ["a", "b"])
+
+
 def test_check_result_is_truthy_and_silent_in_jupyter():
     from course_lib.checks import CheckResult
 
     result = CheckResult(True, "✅ fine")
     assert result and not CheckResult(False, "no")
     assert result._ipython_display_() is None  # printed already; Jupyter shows nothing more
+
+
+def test_verdict_texts_and_the_unique_parameter_reference():
+    from course_lib.checks.baseline import reference_count_unique_parameters
+    from course_lib.claims import INCONCLUSIVE, VERDICTS, verdict
+    from course_lib.tiny_models import COURSE_VOCAB_SIZE, tiny_llama
+
+    assert set(VERDICTS) == {True, False, None, INCONCLUSIVE}
+    assert verdict(INCONCLUSIVE) == VERDICTS[INCONCLUSIVE]
+    model = tiny_llama()  # tied embeddings: the output head is the embedding matrix
+    assert model.config.vocab_size == COURSE_VOCAB_SIZE
+    assert reference_count_unique_parameters(model) == sum(
+        p.numel() for n, p in model.named_parameters() if "lm_head" not in n)

@@ -42,3 +42,20 @@ def test_wikitext_offline_is_a_clear_error(monkeypatch):
     load_text.cache_clear()
     with pytest.raises(ValueError, match="corpus='pydoc'"):
         load_text("validation", "wikitext2")
+
+
+def test_a_block_larger_than_the_split_is_an_error(tokenizer):
+    from course_lib.data import token_blocks
+
+    with pytest.raises(ValueError, match="fewer than one block"):
+        token_blocks(tokenizer, "validation", block_size=10_000_000)
+
+
+def test_splits_and_corpora_are_checked():
+    from course_lib.data import CORPORA, SPLITS
+
+    assert SPLITS == ("train", "validation", "calibration") and "pydoc" in CORPORA
+    with pytest.raises(ValueError, match="Unknown split"):
+        load_text("test")
+    with pytest.raises(ValueError, match="Unknown corpus"):
+        load_text("train", corpus="c4")

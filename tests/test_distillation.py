@@ -7,10 +7,8 @@ import torch.nn.functional as F
 
 from course_lib.architecture import SIZES as ARCHITECTURE_SIZES
 from course_lib.data import token_blocks
-from course_lib.distillation import (SIZES, DistillationTrainer, blocks_dataset, check_same_vocabulary,
-                                     distillation_loss, distillation_loss_fn, evaluate_student, kl_divergence,
-                                     logged_losses, soft_targets, teacher_samples, top1_agreement,
-                                     top1_predictions, train_student, trainer_arguments)
+from course_lib.distillation import SIZES, DistillationTrainer, check_same_vocabulary, distillation_loss, distillation_loss_fn, evaluate_student, kl_divergence, soft_targets, teacher_samples, top1_agreement, top1_predictions, train_student
+from course_lib.training import blocks_dataset, logged_losses, trainer_arguments
 from course_lib.metrics import perplexity
 from course_lib.profiles import get_profile, sizes_for
 from course_lib.tiny_models import tiny_gpt2, tiny_llama

@@ -6,18 +6,14 @@ import optuna
 import pytest
 import torch
 
-from course_lib import hpo
 from course_lib.checks import hpo as checks
 import pandas as pd
 
 from course_lib.claims import INCONCLUSIVE
-from course_lib.hpo import (Choice, CompactTokenizer, Range, SearchData, TaskObjective, accuracy_by_train_size,
-                            article_grid_search_errors, best_change_by_seed, best_so_far, check_budget,
-                            check_train_sizes, compare_pruners, compare_samplers, driver_package, grid_size,
-                            grid_values, lead_verdict, lora_model_factory, make_pruner, make_sampler,
-                            make_search_data, open_storage, plot_best_so_far, pruner_verdict, run_study,
-                            sampler_summary, sampler_verdict, space_from_dict, space_to_dict, study_cost, suggest,
-                            tiny_model_factory, torch_threads, train_with_params, validate_space, validation_loss)
+from course_lib.hpo import Choice, Range, SearchData, TaskObjective, accuracy_by_train_size, article_grid_search_errors, best_change_by_seed, best_so_far, check_budget, check_train_sizes, compare_pruners, compare_samplers, driver_package, grid_size, grid_values, lead_verdict, lora_model_factory, make_pruner, make_sampler, make_search_data, open_storage, plot_best_so_far, pruner_verdict, run_study, sampler_summary, sampler_verdict, space_from_dict, space_to_dict, study_cost, suggest, tiny_model_factory, train_with_params, validate_space
+from course_lib.device import torch_threads
+from course_lib.tasks import CompactTokenizer
+from course_lib.metrics import answer_loss
 from course_lib.hpo_trainer import lora_model_init, task_trainer
 from course_lib.hpo_workers import (ParallelRun, check_study_integrity, objective_from_spec, run_workers,
                                     step_time_spread, wall_time_ratio, wall_time_verdict, worker_main)
@@ -96,7 +92,7 @@ def test_search_data_keeps_validation_apart_from_train_and_test():
         make_search_data(n_train=0)
 
 
-def test_validation_loss_scores_answer_tokens_only(tokenizer):
+def test_answer_loss_scores_answer_tokens_only(tokenizer):
     from course_lib.tasks import collate, encode_example
 
     model = tiny_llama(vocab_size=len(tokenizer))
@@ -104,12 +100,12 @@ def test_validation_loss_scores_answer_tokens_only(tokenizer):
     batch = collate([encode_example(tokenizer, e) for e in examples], tokenizer.pad_token_id)
     with torch.no_grad():
         expected = model(**batch).loss.item()  # the model's own token-weighted loss on answer tokens
-    assert validation_loss(model, tokenizer, examples, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    assert answer_loss(model, tokenizer, examples, batch_size=2) == pytest.approx(expected, rel=1e-5)
     model.train()
-    validation_loss(model, tokenizer, examples)
+    answer_loss(model, tokenizer, examples)
     assert model.training  # mode restored
     with pytest.raises(ValueError):
-        validation_loss(model, tokenizer, [])
+        answer_loss(model, tokenizer, [])
 
 
 def test_compact_tokenizer_renumbers_and_refuses_unknown_tokens(tokenizer):
@@ -172,7 +168,7 @@ def test_objective_is_reproducible_and_trains_a_fresh_model(tiny_objective):
     trial = optuna.trial.FixedTrial({"lr": 0.03, "steps": 6, "batch_size": 4})
     first = tiny_objective(trial)
     assert first == tiny_objective(optuna.trial.FixedTrial({"lr": 0.03, "steps": 6, "batch_size": 4}))
-    untrained = validation_loss(tiny_objective.make_model({}), tiny_objective.tokenizer, tiny_objective.val_examples)
+    untrained = answer_loss(tiny_objective.make_model({}), tiny_objective.tokenizer, tiny_objective.val_examples)
     assert first < untrained
     assert tiny_objective.with_seed(1).seed == 1 and tiny_objective.seed == 0
 
@@ -475,11 +471,11 @@ def test_trainer_hyperparameter_search_with_optuna(tokenizer):
     study = optuna.load_study(study_name="trainer", storage=storage)
     assert len(study.trials) == 2 and best.objective == pytest.approx(study.best_value)
     assert set(best.hyperparameters) == {"learning_rate", "lora_rank"}
-    # eval_loss is the same quantity as validation_loss
+    # eval_loss is the same quantity as answer_loss
     model = model_init(None)
     assert trainer.model is None  # the search releases the last trial's model
     trainer.model = trainer.model_wrapped = model
-    assert trainer.evaluate()["eval_loss"] == pytest.approx(validation_loss(model, tokenizer, data.validation), rel=1e-4)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(answer_loss(model, tokenizer, data.validation), rel=1e-4)
     with pytest.raises(ValueError, match="max_steps"):
         task_trainer(model_init, tokenizer, data.train, data.validation, max_steps=0)
     with pytest.raises(ValueError, match="rank"):
@@ -520,7 +516,7 @@ def test_objective_checker(capsys, setup):
             train(model, task_batches(setup.tokenizer, setup.train, 8, seed=0),
                   steps=trial.suggest_int("steps", 5, 20), lr=trial.suggest_float("lr", 1e-3, 1e-1, log=True),
                   progress=False)
-            return validation_loss(model, setup.tokenizer, setup.test)
+            return answer_loss(model, setup.tokenizer, setup.test)
 
         shared = setup.make_model()
 
@@ -528,7 +524,7 @@ def test_objective_checker(capsys, setup):
             lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
             steps = trial.suggest_int("steps", 5, 20)
             train(shared, task_batches(setup.tokenizer, setup.train, 8, seed=0), steps=steps, lr=lr, progress=False)
-            return validation_loss(shared, setup.tokenizer, setup.validation)
+            return answer_loss(shared, setup.tokenizer, setup.validation)
 
         capsys.readouterr()
         assert not checks.check_objective(on_test)

@@ -53,3 +53,17 @@ def test_is_linear():
 
     assert is_linear(torch.nn.Linear(2, 2)) and is_linear(Conv1D(2, 2))
     assert not is_linear(torch.nn.Embedding(3, 2)) and not is_linear(torch.nn.LayerNorm(2))
+
+
+def test_one_family_detector_for_models_and_configs():
+    from transformers import BertConfig
+
+    from course_lib.layers import FAMILIES, conv1d_type, model_family
+
+    llama, gpt2 = tiny_llama(vocab_size=100), tiny_gpt2(vocab_size=100)
+    assert model_family(llama) == model_family(llama.config) == "llama"
+    assert model_family(gpt2) == model_family(gpt2.config) == "gpt2"
+    assert set(FAMILIES) == {"llama", "gpt2"}
+    assert conv1d_type() is Conv1D
+    with pytest.raises(ValueError, match="model_type 'bert'"):
+        model_family(BertConfig())  # a BERT config is refused, never counted as a Llama

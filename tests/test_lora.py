@@ -7,12 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.lora import (SIZES, LoRALinear, add_lora_, folder_size_bytes,
-                             linear_module_names,
-                             lora_config, lora_parameter_count, lora_parameter_table,
-                             max_abs_logit_difference, release_memory, resolve_targets,
-                             trainable_parameters)
-from course_lib.hpo import validation_loss
+from course_lib.lora import SIZES, LoRALinear, add_lora_, folder_size_bytes, linear_module_names, lora_config, lora_parameter_count, lora_parameter_table, max_abs_logit_difference, resolve_targets, trainable_parameters
+from course_lib.device import release_memory
+from course_lib.metrics import answer_loss
 from course_lib.lora_training import (FineTuneResult, fine_tune, load_qlora_base,
                                       lora_sweep, sweep_effects)
 from course_lib.profiles import sizes_for
@@ -175,23 +172,23 @@ def test_merge_and_unload_matches_and_sizes_on_disk(tmp_path):
 def test_fine_tune_trains_only_the_adapter_and_reports_costs():
     model = add_lora_(tiny_llama(vocab_size=256), r=4, targets="q,v")
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = validation_loss(model, CharTokenizer(), EXAMPLES, batch_size=3)
+    before = answer_loss(model, CharTokenizer(), EXAMPLES, batch_size=3)
     run = fine_tune(model, CharTokenizer(), EXAMPLES, steps=20, lr=1e-2, batch_size=4, progress=False)
     release_memory()
     assert isinstance(run, FineTuneResult) and len(run.losses) == 20
-    assert validation_loss(model, CharTokenizer(), EXAMPLES) < before
+    assert answer_loss(model, CharTokenizer(), EXAMPLES) < before
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     # tiny_llama: hidden 64, 4 heads of 16, 2 kv heads -> v_proj 64 -> 32; 2 layers, r = 4
     assert run.trainable_params == 2 * (4 * (64 + 64) + 4 * (64 + 32)) == 1792
     assert 0 < run.trainable_percent < 10 and run.seconds_per_step > 0
     with pytest.raises(ValueError):
-        validation_loss(model, CharTokenizer(), [])
+        answer_loss(model, CharTokenizer(), [])
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fine_tune_state_bytes_match_a_real_adamw_step(method):
     """The reported gradient and optimizer bytes are those a real AdamW step allocates."""
-    from course_lib.metrics import footprint_bytes
+    from course_lib.footprint import footprint_bytes
     from course_lib.training import task_batches
 
     model = tiny_llama(vocab_size=256)  # tied embeddings: the shared matrix must count once

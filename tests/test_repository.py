@@ -72,20 +72,75 @@ def test_every_lesson_has_a_solution_and_the_same_chapter_numbers():
     assert lessons == solutions, f"lessons without solutions or the reverse: {lessons ^ solutions}"
 
 
-def _public_names(module_path: Path) -> list[str]:
-    tree = ast.parse(module_path.read_text())
-    return [node.name for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")]
+LIBRARY_MODULES = sorted(p for p in (ROOT / "course_lib").rglob("*.py"))
 
 
-def test_every_public_course_lib_function_is_used_in_a_test():
-    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
-    missing = []
-    for module in sorted((ROOT / "course_lib").rglob("*.py")):
-        for name in _public_names(module):
-            if not re.search(rf"\b{name}\b", tests_text):
-                missing.append(f"{module.relative_to(ROOT)}:{name}")
-    assert not missing, f"public functions without a test: {missing}"
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _declared_all(path: Path) -> list[str] | None:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return None
+
+
+def _test_code_without_imports() -> str:
+    """The tests' code with every import statement removed (an import is not a use)."""
+
+    class DropImports(ast.NodeTransformer):
+        def visit_Import(self, node):
+            return None
+
+        visit_ImportFrom = visit_Import
+
+    return "\n".join(ast.unparse(DropImports().visit(ast.parse(p.read_text())))
+                     for p in sorted((ROOT / "tests").glob("test_*.py")))
+
+
+@pytest.mark.parametrize("path", LIBRARY_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_declares_all_and_every_public_callable_is_called_in_a_test(path):
+    """``__all__`` is the module's public API; each function and class in it is *called* (``name(``)
+    somewhere in the tests (an import alone does not count); each constant is used by name."""
+    import importlib
+
+    names = _declared_all(path)
+    assert names is not None, f"{path.relative_to(ROOT)} has no __all__"
+    module = importlib.import_module(_module_name(path))
+    defined = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    public = {n for n in defined if not n.startswith("_")}
+    assert public <= set(names), f"public names missing from __all__: {sorted(public - set(names))}"
+    code = _test_code_without_imports()
+    untested = []
+    for name in names:
+        value = getattr(module, name)
+        if isinstance(value, type):  # a class: constructed, a classmethod called, or a result type checked
+            pattern = rf"\b{name}[.(]|isinstance\([^\n]*\b{name}\b"
+        elif callable(value):  # a function: called
+            pattern = rf"\b{name}\("
+        else:  # a constant: used outside an import
+            pattern = rf"\b{name}\b"
+        if not re.search(pattern, code):
+            untested.append(name)
+    assert not untested, f"not called (functions, classes) or not used (constants) in tests/: {untested}"
+
+
+def test_no_private_names_are_imported_across_modules():
+    offenders = []
+    for path in LIBRARY_MODULES + sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("course_lib")):
+                offenders += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and a.name != "__version__"]
+    assert not offenders, offenders
+
+
+def test_library_modules_stay_short():
+    """One concept a module: about 400 lines at most."""
+    long = {str(p.relative_to(ROOT)): n for p in LIBRARY_MODULES if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, long
 
 
 def test_no_unsafe_weight_loading():
@@ -93,3 +148,10 @@ def test_no_unsafe_weight_loading():
         text = path.read_text()
         assert "trust_remote_code=True" not in text, path
         assert "torch.load(" not in text, f"{path}: load safetensors or GGUF, never pickles"
+
+
+def test_package_version_is_the_project_version():
+    import course_lib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert course_lib.__version__ == project["version"]

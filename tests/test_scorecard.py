@@ -80,3 +80,61 @@ def test_pareto_plot_caps_broken_models(results_tmp):
     assert ymax < 1e4  # the broken model does not stretch the axis to 1e9
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert any("broken (ppl 2e+09)" in t for t in labels)
+
+
+def test_record_measures_saves_prints_and_takes_side_by_side_speeds(tokenizer, results_tmp, capsys):
+    from course_lib.metrics import compare_speeds
+    from course_lib.scorecard import record, records_table
+
+    model = tiny_llama(vocab_size=len(tokenizer))
+    speeds = compare_speeds({"tiny": model}, tokenizer, new_tokens=2, rounds=2)
+    rec = record(model, tokenizer, chapter="00_baseline_and_metrics", name="tiny", speeds=speeds,
+                 profile=get_profile("smoke"), progress=False)
+    assert "00_baseline_and_metrics/tiny" in capsys.readouterr().out
+    assert rec.tokens_per_s == speeds.loc["tiny", "tokens_per_s"] and rec.extra["timing_rounds"] == 2
+    assert rec.machine["cores"] >= 1
+    assert load_records("smoke")["name"].tolist() == ["tiny"]
+    table = records_table([rec])
+    assert list(table.columns) == ["perplexity", "accuracy", "footprint_MB", "article_estimate_MB", "params_M",
+                                   "sparsity", "tokens_per_s", "latency_s"]
+    assert list(records_table({"x": rec}, columns=["perplexity"]).columns) == ["perplexity"]
+    with pytest.raises(ValueError, match="no row 'other'"):
+        record(model, tokenizer, chapter="00_baseline_and_metrics", name="other", speeds=speeds)
+    with pytest.raises(ValueError, match="Unknown columns"):
+        records_table([rec], columns=["speed"])
+    with pytest.raises(ValueError, match="non-empty"):
+        records_table([])
+
+
+def test_perplexities_of_variants_built_one_at_a_time(tokenizer):
+    import torch
+
+    from course_lib.metrics import perplexity
+    from course_lib.scorecard import perplexities
+
+    blocks = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    a, b = tiny_llama(vocab_size=97, seed=0), tiny_llama(vocab_size=97, seed=1)
+    values = perplexities({"a": a, "b": lambda: b}, blocks, progress=False)
+    assert list(values.index) == ["a", "b"] and values["b"] == perplexity(b, blocks, progress=False)
+    with pytest.raises(ValueError, match="at least one model"):
+        perplexities({}, blocks)
+
+
+def test_results_belong_to_the_working_copy_the_notebook_runs_in(tmp_path, monkeypatch):
+    monkeypatch.delenv("COURSE_RESULTS_DIR", raising=False)
+    clone = tmp_path / "second-clone"
+    (clone / "benchmarks").mkdir(parents=True)
+    (clone / "notebooks").mkdir()
+    (clone / "pyproject.toml").write_text('[project]\nname = "llm-optimization-course"\n')
+    monkeypatch.chdir(clone / "notebooks")
+    assert results_dir() == clone / "benchmarks" / "results"  # not the copy course_lib came from
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    assert results_dir() == tmp_path / "cache" / "results"
+
+
+def test_table_columns_are_fixed():
+    from course_lib.scorecard import TABLE_COLUMNS, records_table
+
+    table = records_table([_record("a", 30.0, 500, 10)])
+    assert ["name", *table.columns] == TABLE_COLUMNS

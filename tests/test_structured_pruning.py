@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from course_lib.layers import decoder_layers, linear_weight
-from course_lib.metrics import count_parameters
+from course_lib.footprint import count_parameters
 from course_lib.structured_pruning import (attention_head_scores, attention_head_weight_scores,
                                            mlp_neuron_scores, mlp_weight_scores, prune_attention_heads,
                                            prune_mlp_neurons)

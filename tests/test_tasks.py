@@ -70,3 +70,11 @@ def test_task_data_holds_both_splits():
     task = make_task("number-words", n_train=3, n_test=2)
     assert isinstance(task, TaskData) and task.name == "number-words"
     assert (len(task.train), len(task.test)) == (3, 2)
+
+
+def test_task_names_and_the_task_data_container():
+    from course_lib.tasks import TASK_NAMES, TaskData
+
+    for name in TASK_NAMES:
+        data = make_task(name, n_train=3, n_test=2)
+        assert isinstance(data, TaskData) and len(data.train) == 3 and len(data.test) == 2

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+__all__ = ["Case", "CheckResult", "compare_values", "check_function"]
+
 
 @dataclass
 class Case:

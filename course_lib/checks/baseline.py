@@ -9,6 +9,9 @@ import torch.nn.functional as F
 
 from . import Case, CheckResult, check_function
 
+__all__ = ["reference_perplexity_from_logits", "check_perplexity_from_logits",
+           "reference_count_unique_parameters", "check_count_unique_parameters"]
+
 
 def reference_perplexity_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
     """PPL = exp(mean over positions t of -log softmax(logits[:, t])[input_ids[:, t + 1]])."""

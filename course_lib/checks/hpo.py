@@ -104,7 +104,8 @@ def exercise_setup() -> SimpleNamespace:
     ``train``, ``validation`` (carved from the training examples) and ``test`` examples, and
     ``make_model()``, which returns a fresh tiny Llama (always the same initial weights).
     """
-    from ..hpo import CompactTokenizer, make_search_data, tiny_model_factory
+    from ..hpo import make_search_data, tiny_model_factory
+    from ..tasks import CompactTokenizer
     from ..models import load_tokenizer
 
     data = make_search_data("date-iso", n_train=64, n_validation=16, n_test=16)
@@ -117,8 +118,8 @@ def exercise_setup() -> SimpleNamespace:
 def reference_objective(trial) -> float:
     """Train a fresh model of :func:`exercise_setup` with the trial's ``lr`` (log-uniform in
     [1e-3, 1e-1]) for ``steps`` (integer in [5, 20]) steps at batch size 8 (``task_batches``
-    seed 0), and return its :func:`~course_lib.hpo.validation_loss` on the validation split."""
-    from ..hpo import validation_loss
+    seed 0), and return its :func:`~course_lib.metrics.answer_loss` on the validation split."""
+    from ..metrics import answer_loss
     from ..training import task_batches, train
 
     ex = exercise_setup()
@@ -127,7 +128,7 @@ def reference_objective(trial) -> float:
     model = ex.make_model()
     train(model, task_batches(ex.tokenizer, ex.train, OBJECTIVE_BATCH_SIZE, seed=0), steps=steps, lr=lr,
           progress=False)
-    return validation_loss(model, ex.tokenizer, ex.validation)
+    return answer_loss(model, ex.tokenizer, ex.validation)
 
 
 def _objective_cases() -> list[Case]:
@@ -143,7 +144,7 @@ def _fixed(fn):
 
 
 def _diagnose_objective(got, expected, case: Case) -> str | None:
-    from ..hpo import validation_loss
+    from ..metrics import answer_loss
     from ..training import task_batches, train
 
     ex = exercise_setup()
@@ -152,10 +153,10 @@ def _diagnose_objective(got, expected, case: Case) -> str | None:
     result = train(model, task_batches(ex.tokenizer, ex.train, OBJECTIVE_BATCH_SIZE, seed=0), steps=params["steps"],
                    lr=params["lr"], progress=False)
     got = float(got)
-    if math.isclose(got, validation_loss(model, ex.tokenizer, ex.test), rel_tol=1e-4):
+    if math.isclose(got, answer_loss(model, ex.tokenizer, ex.test), rel_tol=1e-4):
         return ("you scored the test split. The search must never see it: return the loss on ex.validation, "
                 "and keep ex.test for one final evaluation of the chosen configuration.")
-    if math.isclose(got, validation_loss(model, ex.tokenizer, ex.train), rel_tol=1e-4) or math.isclose(
+    if math.isclose(got, answer_loss(model, ex.tokenizer, ex.train), rel_tol=1e-4) or math.isclose(
             got, result.losses[-1], rel_tol=1e-4):
         return "you returned a loss on the training data; the objective is the validation loss (ex.validation)."
     if "again" in case.label:

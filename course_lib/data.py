@@ -78,7 +78,7 @@ def load_text(split: str = "validation", corpus: str = "pydoc") -> str:
 
 
 def _wikitext2_text(split: str) -> str:
-    from .models import hub_offline, hub_reachable
+    from .model_sources import hub_offline, hub_reachable
 
     if hub_offline() or not hub_reachable():
         raise ValueError(

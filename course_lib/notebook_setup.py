@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .device import pick_device
-from .models import DEFAULT_MODEL, resolve_model_source
+from .model_sources import DEFAULT_MODEL, resolve_model_source
 from .profiles import Profile, get_profile
 
 # Chapter numbers are the same in notebooks/, exercises/ and solutions/.

@@ -221,7 +221,7 @@ def results_dir() -> Path:
     checkout = _course_checkout(Path.cwd().resolve())
     if checkout is not None:
         return checkout / "benchmarks" / "results"
-    from .models import cache_dir
+    from .model_sources import cache_dir
 
     return cache_dir() / "results"
 

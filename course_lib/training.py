@@ -30,11 +30,20 @@ __all__ = ["task_batches", "block_batches", "causal_lm_loss", "lr_at", "TrainRes
 
 
 def task_batches(tokenizer, examples: list[Example], batch_size: int, seed: int = 0) -> Iterator[dict]:
-    """An endless stream of shuffled task batches (``input_ids``, ``attention_mask``, ``labels``)."""
+    """An endless stream of shuffled task batches (``input_ids``, ``attention_mask``, ``labels``).
+
+    Each pass shuffles the examples (``random.Random(seed)``) and yields ``len(examples) //
+    batch_size`` full batches; the last ``len(examples) % batch_size`` of a pass are left out.
+
+    Raises:
+        ValueError: no examples, or ``batch_size`` not between 1 and the number of examples (a
+            batch larger than the data could never be filled).
+    """
     if not examples:
         raise ValueError("task_batches needs at least one example.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(examples):
+        raise ValueError(f"batch_size must be between 1 and the number of examples ({len(examples)}), "
+                         f"got {batch_size!r}: use a smaller batch or more examples.")
     encoded = [encode_example(tokenizer, e) for e in examples]
     rng = random.Random(seed)
     while True:
@@ -46,6 +55,9 @@ def task_batches(tokenizer, examples: list[Example], batch_size: int, seed: int 
 
 def block_batches(blocks: torch.Tensor, batch_size: int, seed: int = 0) -> Iterator[dict]:
     """An endless stream of shuffled batches of token blocks, for language-model training."""
+    if not isinstance(blocks, torch.Tensor) or blocks.ndim != 2:
+        raise ValueError(f"blocks must be a [n_blocks, block_size] tensor (course_lib.data.token_blocks); got "
+                         f"{tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__}.")
     if batch_size < 1 or batch_size > len(blocks):
         raise ValueError(f"batch_size must be between 1 and {len(blocks)} blocks, got {batch_size}.")
     gen = torch.Generator().manual_seed(seed)

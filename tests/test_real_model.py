@@ -36,7 +36,7 @@ def test_converted_copy_equals_the_gguf_model(real_model):
     """The cached safetensors copy gives the same logits as loading the GGUF file directly."""
     from transformers import AutoModelForCausalLM
 
-    from course_lib.models import KNOWN_MODELS, offline_gguf_path
+    from course_lib.model_sources import KNOWN_MODELS, offline_gguf_path
 
     gguf = offline_gguf_path(KNOWN_MODELS["smollm2-135m"])
     if gguf is None:

@@ -73,3 +73,30 @@ def test_causal_lm_loss_and_train_result():
     batch = next(block_batches(torch.randint(0, 64, (2, 8)), 2))
     assert causal_lm_loss(model, batch).item() == pytest.approx(model(**batch).loss.item())
     assert TrainResult(losses=[1.0, 2.0], seconds=3.0, steps=2).seconds_per_step == 1.5
+
+
+def test_a_batch_larger_than_the_data_is_an_error_not_an_endless_loop(tokenizer):
+    examples = make_task("date-iso", 3, 0).train
+    with pytest.raises(ValueError, match="between 1 and the number of examples \\(3\\)"):
+        next(task_batches(tokenizer, examples, batch_size=8))
+    with pytest.raises(ValueError, match="tensor"):
+        next(block_batches([[1, 2, 3]], 1))
+
+
+def test_trainer_route_helpers(tmp_path):
+    from course_lib.training import blocks_dataset, logged_losses, trainer_arguments
+
+    args = trainer_arguments(str(tmp_path), steps=3, lr=1e-3, batch_size=2, warmup_steps=1, logging_steps=2)
+    assert args.max_steps == 3 and args.max_grad_norm == 1.0 and args.logging_steps == 2 and args.use_cpu
+    with pytest.raises(ValueError, match="steps >= 1"):
+        trainer_arguments(str(tmp_path), steps=0, lr=1e-3, batch_size=2)
+    data = blocks_dataset(torch.randint(0, 64, (3, 8)))
+    assert len(data) == 3 and torch.equal(data[0]["labels"], data[0]["input_ids"])
+    with pytest.raises(ValueError, match="non-empty"):
+        blocks_dataset(torch.empty(0, 8, dtype=torch.long))
+
+    class FakeTrainer:
+        class state:
+            log_history = [{"loss": 2.0}, {"eval_loss": 1.0}, {"loss": 1.5}]
+
+    assert logged_losses(FakeTrainer()) == [2.0, 1.5]

@@ -285,6 +285,15 @@ def pareto_front(df, x: str, y: str, x_larger_is_better: bool) -> list[int]:
     return front
 
 
+def _label_inside(ax, xs, text: str, x: float, y: float) -> None:
+    """Annotate a point so that the label stays inside the axes: labels of points in the right
+    third of the x range are written to the left of the point."""
+    lo, hi = float(xs.min()), float(xs.max())
+    right = hi > lo and (x - lo) / (hi - lo) > 0.66
+    ax.annotate(text, (x, y), fontsize=7, xytext=(-3 if right else 3, 3), textcoords="offset points",
+                ha="right" if right else "left", annotation_clip=True)
+
+
 def pareto_plot(df, annotate: bool | str = "front", max_perplexity: float | None = None):
     """Two panels: footprint (MB) vs perplexity and tokens/s vs perplexity, Pareto fronts drawn.
 
@@ -319,10 +328,11 @@ def pareto_plot(df, annotate: bool | str = "front", max_perplexity: float | None
                     wanted = annotate is True or index in on_front or r["perplexity"] > cap
                     if r[x] == r[x] and wanted:  # not NaN
                         text = r["name"] if r["perplexity"] <= cap else f"{r['name']} (ppl {r['perplexity']:.3g})"
-                        ax.annotate(text, (r[x], r["shown"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                        _label_inside(ax, data[x], text, r[x], r["shown"])
         front = data.loc[sorted(on_front)].sort_values(x)
         if len(front) > 1:
             ax.step(front[x], front["shown"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
+        ax.margins(x=0.08, y=0.1)
         ax.set_xlabel(label)
         ax.set_ylabel("validation perplexity (lower is better)")
         ax.set_yscale("log")

@@ -138,3 +138,16 @@ def test_table_columns_are_fixed():
 
     table = records_table([_record("a", 30.0, 500, 10)])
     assert ["name", *table.columns] == TABLE_COLUMNS
+
+
+def test_pareto_labels_stay_inside_the_axes(results_tmp):
+    for i, (ppl, mb, tps) in enumerate([(25.0, 540, 10), (26.0, 160, 30), (40.0, 100, 29), (30.0, 300, 31)]):
+        save_record(_record(f"a rather long model name {i}", ppl, mb, tps))
+    fig = pareto_plot(load_records("smoke"), annotate=True)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            extent = text.get_window_extent(renderer)
+            assert extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1, text.get_text()

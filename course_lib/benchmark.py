@@ -1,8 +1,8 @@
 """Execute lesson notebooks in a run profile, time them, and write ``benchmarks/RESULTS.md``.
 
 :func:`run_notebook` executes one notebook in a fresh kernel (with ``COURSE_PROFILE`` set), and
-measures its wall time and the peak resident memory of the kernel process (sampled every
-50 ms). :func:`write_results_markdown` turns the saved timings and every chapter's scorecard
+measures its wall time and the peak resident memory of the kernel process
+(:class:`course_lib.metrics.PeakMemory` over child processes, sampled every 50 ms). :func:`write_results_markdown` turns the saved timings and every chapter's scorecard
 records into one Markdown report. ``benchmarks/run.py`` is the command-line front end.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .metrics import PeakMemory
 
 __all__ = ["NotebookRun", "run_notebook", "save_runs", "markdown_table", "write_results_markdown"]
 
@@ -28,40 +29,6 @@ class NotebookRun:
     peak_rss_bytes: int
     error: str = ""
     date: str = ""
-
-
-class _ChildMemorySampler:
-    """Peak of the summed RSS of this process's children (the kernel and what it starts)."""
-
-    def __init__(self, interval: float = 0.05):
-        import psutil
-
-        self._me = psutil.Process(os.getpid())
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for child in self._me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
 
 
 def run_notebook(path: str | Path, profile: str, timeout: int = 3600,
@@ -82,7 +49,7 @@ def run_notebook(path: str | Path, profile: str, timeout: int = 3600,
     error = ""
     start = time.perf_counter()
     try:
-        with _ChildMemorySampler() as memory:
+        with PeakMemory("cpu", interval=0.05, children=True) as memory:
             client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                     resources={"metadata": {"path": str(path.parent)}})
             try:
@@ -99,7 +66,7 @@ def run_notebook(path: str | Path, profile: str, timeout: int = 3600,
         out = Path(save_to) / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out)
-    return NotebookRun(path.stem, profile, not error, wall, memory.peak, error,
+    return NotebookRun(path.stem, profile, not error, wall, memory.peak_bytes, error,
                        dt.datetime.now().isoformat(timespec="seconds"))
 
 
@@ -156,7 +123,9 @@ def write_results_markdown(folder: str | Path, out: str | Path, profiles=("cpu",
             parts += ["### Scorecard", "",
                       "Perplexity on the pydoc validation blocks; accuracy = exact match on the date task's test "
                       "split (where measured); footprint = true bytes (the article's estimate beside it); "
-                      "speed = greedy generation after warm-up, median.", ""]
+                      "speed = greedy generation after warm-up, median. **Speeds compare only within one "
+                      "chapter** (models timed in the same run, side by side where the lesson says so): the "
+                      "same model's tokens/s differs between chapters' runs by up to 2x on a shared machine.", ""]
             parts += [markdown_table(table.to_dict("records"), list(table.columns)), ""]
             figure = pareto_plot(records)
             image = out.parent / f"pareto_{profile}.png"

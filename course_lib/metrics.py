@@ -280,12 +280,15 @@ class PeakMemory:
     memory freed earlier may be reused without raising RSS, so compare ``increase_bytes`` only
     between measurements made the same way in fresh processes (or read ``peak_bytes``).
 
+    ``children=True`` samples the summed RSS of this process's child processes instead (how
+    ``course_lib.benchmark`` measures a notebook's kernel).
+
     Attributes after the block: ``peak_bytes``, ``start_bytes``, ``increase_bytes`` (peak - start).
     """
 
-    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.005):
+    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.005, children: bool = False):
         self.device = torch.device(device)
-        self.interval = interval
+        self.interval, self.children = interval, children
         self.peak_bytes = self.start_bytes = 0
         self._stop = threading.Event()
 
@@ -293,8 +296,22 @@ class PeakMemory:
     def increase_bytes(self) -> int:
         return self.peak_bytes - self.start_bytes
 
+    def _rss(self) -> int:
+        """This process's resident memory, or (``children=True``) the sum over its child processes."""
+        import psutil
+
+        if not self.children:
+            return self._proc.memory_info().rss
+        total = 0
+        for child in self._proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):  # ended while we looked
+                pass
+        return total
+
     def __enter__(self):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self.children:
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
@@ -302,22 +319,22 @@ class PeakMemory:
             import psutil
 
             self._proc = psutil.Process(os.getpid())
-            self.start_bytes = self.peak_bytes = self._proc.memory_info().rss
+            self.start_bytes = self.peak_bytes = self._rss()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._rss())
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self.children:
             synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
         else:
             self._stop.set()
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._rss())
         return False

@@ -219,3 +219,13 @@ def test_int8_footprint_is_the_same_before_and_after_a_forward_pass(tmp_path, to
     int8(torch.tensor([[1, 2, 3]]))
     assert footprint_bytes(int8) == before
 
+
+
+def test_peak_memory_of_child_processes():
+    import subprocess
+    import sys
+
+    code = "import time; x = bytearray(200_000_000); time.sleep(1.0)"
+    with PeakMemory("cpu", interval=0.02, children=True) as peak:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert peak.peak_bytes > 200_000_000  # the child's buffer, not this process's memory

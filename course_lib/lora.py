@@ -159,6 +159,18 @@ def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", 
                       fan_in_fan_out=model_family(model) == "gpt2", task_type="CAUSAL_LM")
 
 
+def _ignore_torchao_too_old_for_peft() -> None:
+    """Colab ships torchao 0.10; peft >= 0.19 raises ImportError on every LoRA layer when the installed
+    torchao is older than it supports (its ``is_torchao_available``). The course never puts LoRA on
+    torchao tensors, so only in that case peft's LoRA dispatcher is told that torchao is absent."""
+    import peft.tuners.lora.torchao as peft_torchao
+
+    try:
+        peft_torchao.is_torchao_available()
+    except ImportError:
+        peft_torchao.is_torchao_available = lambda: False
+
+
 def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed: int | None = None,
               **config_kwargs):
     """Wrap ``model`` in a peft ``PeftModel`` with a new LoRA adapter, **modifying it in place**.
@@ -189,6 +201,7 @@ def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed
         _check_rank(config.r)
     if seed is not None:
         torch.manual_seed(seed)
+    _ignore_torchao_too_old_for_peft()
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 

@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import platform
 import random
+import re
 import warnings
 
 import numpy as np
@@ -20,6 +21,9 @@ import torch
 from .device import pick_device
 from .model_sources import DEFAULT_MODEL, resolve_model_source
 from .profiles import Profile, get_profile
+
+__all__ = ["CHAPTERS", "REPO_URL", "REPO_BRANCH", "FIRST_CELL", "COLAB_BADGE_TAG", "first_cell", "github_repo",
+           "colab_badge", "versions", "quiet_library_noise", "seed_everything", "start"]
 
 # Chapter numbers are the same in notebooks/, exercises/ and solutions/.
 CHAPTERS = {
@@ -32,24 +36,74 @@ CHAPTERS = {
     "06": "06_structural_redesign",
 }
 
+# The course's git repository: the one place it is written. The notebooks' first cell
+# (COURSE_REPO_URL) and the lessons' "Open in Colab" badges are generated from it; change it with
+# `make colab-links URL=https://github.com/OWNER/REPO`, which rewrites all of them (a test checks).
+# Empty while the course has no public repository: the badge then says so instead of linking.
+REPO_URL = ""
+REPO_BRANCH = "main"
+
 FIRST_CELL = '''\
 # Setup: works in JupyterLab and on Colab. On Colab it fetches and installs the course first.
+COURSE_REPO_URL = "{repo_url}"  # the course's git repository, used on Colab only
 import os, sys
-if "google.colab" in sys.modules and not os.path.isdir("/content/course"):
-    # Set COURSE_REPO_URL to this course's git URL first, e.g. %env COURSE_REPO_URL=https://...
-    !git clone -q --depth 1 {os.environ["COURSE_REPO_URL"]} /content/course
-    %pip install -q -e /content/course
-    sys.path.insert(0, "/content/course")
+if "google.colab" in sys.modules:
+    if not COURSE_REPO_URL:
+        raise ValueError("COURSE_REPO_URL is empty: set it above to the course's git URL "
+                         "(https://github.com/OWNER/REPO), then run this cell again.")
+    if not os.path.isdir("/content/course/.git"):
+        !git clone -q --depth 1 {COURSE_REPO_URL} /content/course
+    if not os.path.isdir("/content/course/.git"):
+        raise RuntimeError("git clone of COURSE_REPO_URL failed (message above); fix it and rerun this cell.")
+    sys.path[:0] = [] if "/content/course" in sys.path else ["/content/course"]
+    from course_lib.colab import install_on_colab
+    install_on_colab("/content/course")  # once; restarts the runtime if an imported package changed
 
 from course_lib.notebook_setup import start
 profile = start("{chapter}")'''
 
+COLAB_BADGE_TAG = "colab-badge"
+
 _PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "torchao")
 
 
-def first_cell(chapter: str) -> str:
-    """The exact source of a notebook's first cell for ``chapter`` (e.g. ``"03_quantization"``)."""
-    return FIRST_CELL.replace("{chapter}", chapter)
+def first_cell(chapter: str, repo_url: str | None = None) -> str:
+    """The exact source of a notebook's first cell for ``chapter`` (e.g. ``"03_quantization"``).
+
+    ``repo_url`` defaults to :data:`REPO_URL`; it becomes the cell's ``COURSE_REPO_URL``.
+    """
+    url = REPO_URL if repo_url is None else repo_url
+    if '"' in url or "\\" in url or "\n" in url:
+        raise ValueError(f"repo_url {url!r} must be a plain URL (no quotes, backslashes or newlines).")
+    return FIRST_CELL.replace("{repo_url}", url).replace("{chapter}", chapter)
+
+
+def github_repo(repo_url: str) -> str:
+    """``"OWNER/REPO"`` of ``https://github.com/OWNER/REPO`` (a trailing ``.git`` or ``/`` is allowed)."""
+    found = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?", repo_url)
+    if not found:
+        raise ValueError(f"{repo_url!r} is not a GitHub repository URL: Colab opens notebooks from "
+                         "https://github.com/OWNER/REPO, so give that form.")
+    return f"{found[1]}/{found[2]}"
+
+
+def colab_badge(notebook: str, repo_url: str | None = None) -> str:
+    """Markdown of a lesson's "Open in Colab" cell; ``notebook`` is its path in the repository.
+
+    Link: ``https://colab.research.google.com/github/OWNER/REPO/blob/<REPO_BRANCH>/<notebook>``, plus
+    one to the chapter's exercises. With an empty ``repo_url`` (default :data:`REPO_URL`) it says that
+    the repository URL is not set yet, instead of a broken link.
+    """
+    url = REPO_URL if repo_url is None else repo_url
+    if not url:
+        return ("*Open in Colab:* no link yet: the course's repository URL is not set "
+                "(`REPO_URL` in `course_lib/notebook_setup.py`; set it with "
+                "`make colab-links URL=https://github.com/OWNER/REPO`). To run this notebook on Colab "
+                "now, upload it and set `COURSE_REPO_URL` in its first code cell.")
+    base = f"https://colab.research.google.com/github/{github_repo(url)}/blob/{REPO_BRANCH}"
+    exercises = notebook.replace("notebooks/", "exercises/", 1)
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({base}/{notebook}) "
+            f"(exercises: [open in Colab]({base}/{exercises}))")
 
 
 def versions() -> dict[str, str]:

@@ -1,9 +1,11 @@
 import dataclasses
 import json
 import math
+import re
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 
 from course_lib.checks import hpo as checks
@@ -19,6 +21,10 @@ from course_lib.hpo_workers import (ParallelRun, check_study_integrity, objectiv
                                     step_time_spread, wall_time_ratio, wall_time_verdict, worker_main)
 from course_lib.metrics import exact_match
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
+
+# A plain postgresql:// URL means psycopg 3 from SQLAlchemy 2.1 on, psycopg2 before (Colab has SQLAlchemy 2.0).
+PLAIN_POSTGRES = ("psycopg[binary]" if tuple(map(int, sqlalchemy.__version__.split(".")[:2])) >= (2, 1)
+                  else "psycopg2-binary")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"lr": Range(1e-3, 1e-1, log=True), "steps": Range(4, 12, integer=True), "batch_size": Choice([4, 8])}
@@ -235,7 +241,7 @@ def test_run_study_checks_budget_and_storage_before_training(tiny_objective, tmp
     assert check_budget(3) == 3
     for url, match in [(str(tmp_path / "missing" / "journal.log"), "does not exist"),
                        ("sqlite:////nonexistent-folder-xyz/optuna.db", "does not exist"),
-                       ("postgresql://user:pw@127.0.0.1:1/optuna", r"psycopg\[binary\]|reach"),
+                       ("postgresql://user:pw@127.0.0.1:1/optuna", re.escape(PLAIN_POSTGRES) + "|reach"),
                        ("", "storage must be")]:
         with pytest.raises(ValueError, match=match):
             run_study(objective, 2, storage=url)
@@ -250,7 +256,7 @@ def test_run_study_checks_budget_and_storage_before_training(tiny_objective, tmp
 
 
 def test_driver_advice_matches_the_url():
-    assert driver_package("postgresql://u:p@h/db") == "psycopg[binary]"  # SQLAlchemy 2.1's default: psycopg 3
+    assert driver_package("postgresql://u:p@h/db") == PLAIN_POSTGRES  # SQLAlchemy's default driver
     assert driver_package("postgresql+psycopg://u:p@h/db") == "psycopg[binary]"
     assert driver_package("postgresql+psycopg2://u:p@h/db") == "psycopg2-binary"
     assert driver_package("mysql+pymysql://u:p@h/db") == "pymysql"

@@ -2,14 +2,16 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import tomllib
-import yaml
+import yaml  # pyyaml: the dev extra
 
-from course_lib.notebook_setup import CHAPTERS, first_cell
+from course_lib.notebook_setup import CHAPTERS, COLAB_BADGE_TAG, REPO_URL, colab_badge, first_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIRS = ("notebooks", "solutions", "exercises")
@@ -53,6 +55,21 @@ def test_notebook_starts_with_the_setup_cell_and_is_a_known_chapter(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and code[0].source == first_cell(path.stem), "first code cell must be first_cell(chapter)"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_lesson_opens_with_the_colab_badge_of_the_repository_url(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells and COLAB_BADGE_TAG in nb.cells[0].metadata.get("tags", []), (
+        f"{path.name}: the first cell must be the 'Open in Colab' cell; run make colab-links URL=...")
+    assert nb.cells[0].source == colab_badge(f"notebooks/{path.name}"), (
+        f"{path.name}: badge differs from REPO_URL={REPO_URL!r}; run tools/colab_links.py '{REPO_URL}'")
+
+
+def test_colab_links_tool_finds_nothing_stale():
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "colab_links.py"), REPO_URL, "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"run tools/colab_links.py '{REPO_URL}':\n{done.stdout}{done.stderr}"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)

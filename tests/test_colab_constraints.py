@@ -193,3 +193,19 @@ def test_unit_tests_pass_in_a_venv_built_from_colabs_versions(tmp_path):
                            "-k", "not second_device", "-p", "no:cacheprovider", "-q"],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"unit tests fail on Colab's versions:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+
+
+def test_restart_runtime_ends_the_kernel_process(monkeypatch):
+    from course_lib import colab
+
+    killed = []
+    monkeypatch.setattr(colab.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    colab.restart_runtime()
+    assert killed == [(colab.os.getpid(), 9)]
+
+
+def test_first_cell_template_names_the_branch_and_the_chapter():
+    from course_lib.notebook_setup import FIRST_CELL, REPO_BRANCH, first_cell
+
+    assert "{chapter}" in FIRST_CELL and REPO_BRANCH == "main"
+    assert 'start("02_pruning")' in first_cell("02_pruning")

@@ -94,7 +94,6 @@ class SecondDeviceTensor(torch.Tensor):
     """A tensor that reports :data:`SECOND_DEVICE` and holds the real CPU tensor in ``.elem``."""
 
     elem: torch.Tensor
-    __slots__ = ["elem"]
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
@@ -250,6 +249,59 @@ class SecondDeviceFunctionMode(TorchFunctionMode):
 
 
 _ACTIVE: list = []
+_MODULE_APPLY = torch.nn.Module._apply
+
+
+_MEMO: list = []  # one {id(old parameter): (old, new)} per Module._apply call in progress
+
+
+def _apply_keeping_ties(self, fn, recurse=True):
+    """``Module._apply`` (``.to``, ``.cpu``, ``.float``...) that keeps tied weights tied.
+
+    Between two real devices ``Module._apply`` changes each parameter in place (``param.data =``).
+    Between a plain tensor and a :class:`SecondDeviceTensor` that is impossible, and torch would give
+    every module a new ``Parameter``: weights tied across modules (embeddings = LM head) would come
+    untied. Here one new ``Parameter`` per old one is shared by all modules that held it.
+    Gradients are moved with their parameters; buffers are converted as torch does.
+    """
+    top = not _MEMO
+    if top:
+        _MEMO.append({})
+    memo = _MEMO[-1]
+    try:
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        for key, param in self._parameters.items():
+            if param is None:
+                continue
+            if id(param) not in memo:
+                memo[id(param)] = (param, _convert_parameter(param, fn))
+            self._parameters[key] = memo[id(param)][1]
+        for key, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[key] = fn(buf)
+        return self
+    finally:
+        if top:
+            _MEMO.clear()
+
+
+def _convert_parameter(param, fn):
+    with torch.no_grad():
+        applied = fn(param)
+    grad = param.grad
+    if applied is param:
+        return param
+    if torch._has_compatible_shallow_copy_type(param, applied):
+        param.data = applied
+        new = param
+    else:
+        new = torch.nn.Parameter(applied, param.requires_grad)
+    if grad is not None:
+        with torch.no_grad():
+            new.grad = fn(grad)
+    return new
 
 
 def is_active() -> bool:
@@ -258,6 +310,7 @@ def is_active() -> bool:
 
 
 def _enter() -> None:
+    torch.nn.Module._apply = _apply_keeping_ties
     modes = (SecondDeviceFunctionMode(), SecondDeviceMode())
     for mode in modes:
         mode.__enter__()
@@ -270,6 +323,8 @@ def deactivate() -> None:
         raise ValueError("The second device is not active: nothing to deactivate.")
     for mode in reversed(_ACTIVE.pop()):
         mode.__exit__(None, None, None)
+    if not _ACTIVE:
+        torch.nn.Module._apply = _MODULE_APPLY
 
 
 @contextlib.contextmanager
@@ -298,17 +353,23 @@ def suspended():
 def install_for_course() -> None:
     """Activate the modes for the session and make the course run on the second device.
 
-    Patches ``course_lib.device.pick_device`` (before other course modules import it, so their
-    ``from .device import pick_device`` gets this one): with no explicit ``preferred`` device and
-    no ``COURSE_DEVICE`` it returns :data:`SECOND_DEVICE`. ``course_lib.models.load_model`` is
-    wrapped so that bitsandbytes-quantized models load on the real CPU (see the module docstring).
+    * ``course_lib.device.pick_device`` is patched (before other course modules import it, so their
+      ``from .device import pick_device`` gets this one): with no explicit ``preferred`` device and
+      no ``COURSE_DEVICE`` it returns :data:`SECOND_DEVICE`.
+    * ``PreTrainedModel.from_pretrained`` runs with the modes suspended: reading weights is CPU work
+      (and its meta-device initialisation must stay plain); moving the loaded model, e.g. the
+      ``model.to(device)`` in ``course_lib.models.load_model``, is checked as usual.
+    * ``course_lib.models.load_model`` loads bitsandbytes-quantized models on the real CPU when no
+      device is given (see the module docstring).
     """
     import course_lib.device as course_device
     import course_lib.models as course_models
+    from transformers import PreTrainedModel
 
     if getattr(course_device.pick_device, "second_device", False):
         raise ValueError("install_for_course() was already called in this process.")
     original_pick, original_load = course_device.pick_device, course_models.load_model
+    original_from_pretrained = PreTrainedModel.from_pretrained.__func__
 
     def pick_device(preferred=None):
         if preferred is None and os.environ.get(course_device.DEVICE_ENV) is None:
@@ -322,11 +383,16 @@ def install_for_course() -> None:
             device = "cpu"  # bitsandbytes kernels need real memory: quantized models stay on the CPU
         return original_load(name, quantization=quantization, device=device, **kwargs)
 
+    def from_pretrained(cls, *args, **kwargs):
+        with suspended():
+            return original_from_pretrained(cls, *args, **kwargs)
+
     pick_device.__doc__ = original_pick.__doc__ + "\n    (Patched by tests/second_device.py.)"
     pick_device.second_device = True
     load_model.__doc__ = original_load.__doc__
     course_device.pick_device = course_models.pick_device = pick_device
     course_models.load_model = load_model
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
     _enter()
 
 

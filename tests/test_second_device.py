@@ -4,6 +4,7 @@ Each GPU-only device bug must fail under the mechanism and its corrected form mu
 this process (``activate()``) and in notebook kernels started with the course's start-up hook.
 """
 
+import copy
 import os
 import subprocess
 import sys
@@ -45,6 +46,20 @@ def test_moved_model_reports_the_second_device_and_computes_the_same_numbers(on_
     expected = reference(input_ids=torch.tensor(IDS)).logits
     torch.testing.assert_close(logits.detach().cpu(), expected.detach())
     assert type(logits.cpu()) is torch.Tensor  # .cpu() leaves the second device
+
+
+def test_moves_keep_tied_weights_tied_and_copies_independent(on_device):
+    model, reference = on_device
+    count = sum(p.numel() for p in reference.parameters())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert sum(p.numel() for p in model.parameters()) == count
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.add_(1.0)
+    assert twin.model.embed_tokens.weight.cpu()[0, 0] == model.lm_head.weight.cpu()[0, 0] + 1.0
+    model.cpu()
+    assert model.lm_head.weight is model.model.embed_tokens.weight and model_device(model).type == "cpu"
+    assert type(model.lm_head.weight) is torch.nn.Parameter
 
 
 def test_fault_a_tensor_created_without_device(on_device):

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map
 
 __all__ = [
     "SECOND_DEVICE", "ENV_VAR", "SecondDeviceError", "SecondDeviceTensor", "SecondDeviceMode",
@@ -195,22 +195,35 @@ def _unwrap(t):
     return t
 
 
+def _tensors(args, kwargs):
+    """The tensor arguments (one level of lists, as aten schemas have)."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found += [v for v in value if isinstance(v, torch.Tensor)]
+    return found
+
+
 def _run(func, args, kwargs):
     """Check, compute on the CPU, and wrap what belongs on the second device."""
     device = kwargs.get("device")
-    inputs_on_second = any(on_second_device(t) for t in tree_flatten((args, kwargs))[0])
+    tensors = _tensors(args, kwargs)
+    inputs_on_second = any(on_second_device(t) for t in tensors)
     if not inputs_on_second and not _is_second(device):
         return func(*args, **kwargs)
-    _check_mixing(func, args, kwargs)
+    if any(not on_second_device(t) and t.dim() > 0 and t.numel() > 0 for t in tensors) or (
+            inputs_on_second and func.namespace in CPU_ONLY_NAMESPACES):
+        _check_mixing(func, args, kwargs)  # the slow, precise check only when there is a suspect
     if device is not None:
         kwargs = {**kwargs, "device": torch.device("cpu")}
     to_second = _is_second(device) or (device is None and inputs_on_second)
     cpu_args, cpu_kwargs = tree_map(_unwrap, (args, kwargs))
-    owners = {id(_unwrap(t)): t for t in tree_flatten((args, kwargs))[0]
-              if isinstance(t, torch.Tensor) and t.device.type != "meta" or isinstance(t, SecondDeviceTensor)}
     out = func(*cpu_args, **cpu_kwargs)
     if not to_second:
         return out
+    owners = {id(t.elem if isinstance(t, SecondDeviceTensor) else t): t for t in tensors}
 
     def wrap(x):
         if not isinstance(x, torch.Tensor) or isinstance(x, SecondDeviceTensor):

@@ -48,12 +48,12 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV)
 
-# --- test-second-device (tests/second_device.py) ---------------------------------------------
+# --- test-second-device (tests/second_device.py, tests/nb_startup/) ---------------------------
 # Runs the lessons and solutions (smoke profile) on a test-only "second device" that stands in for
 # a GPU: CPU tensors fed to a model on the device, or .numpy()/plots of device tensors, fail here
 # as they would on Colab. A failure names the notebook and cell; the message says how to fix it.
 .PHONY: test-second-device
 test-second-device: $(STAMP)
-	COURSE_SECOND_DEVICE=1 PYTHONPATH=$(CURDIR)/tests$${PYTHONPATH:+:$$PYTHONPATH} $(TEST_ENV) \
-	    $(PY) -m pytest -p second_device notebooks solutions \
+	COURSE_SECOND_DEVICE=1 PYTHONPATH=$(CURDIR)/tests/nb_startup$${PYTHONPATH:+:$$PYTHONPATH} $(TEST_ENV) \
+	    $(PY) -m pytest -p second_device_plugin notebooks solutions \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q

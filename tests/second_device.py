@@ -19,12 +19,8 @@ that behaves like a GPU for those two rules while computing on the CPU:
   (and ``as_tensor``, ``asarray``, ``Tensor.new_tensor``), which never reach the dispatcher.
 * ``.numpy()``, ``np.asarray`` (hence matplotlib and pandas) on a wrapped tensor raise.
 
-Use :func:`activate` (a context manager) in tests, or :func:`install_for_course` in a notebook
-kernel: it activates the modes for the whole session and patches
-``course_lib.device.pick_device`` so that the course's one device decision returns the second
-device. Run ``python tests/second_device.py --ipython-dir DIR`` (or ``pytest -p second_device``
-with ``COURSE_SECOND_DEVICE=1`` and ``tests/`` on ``PYTHONPATH``, see ``make test-second-device``)
-to make every Jupyter kernel started with ``IPYTHONDIR=DIR`` do that at start-up.
+Use :func:`activate` (a context manager) in tests. For notebooks, ``tests/nb_startup/second_device_plugin.py``
+makes the course itself run on the second device (``make test-second-device``).
 
 Rules, as on CUDA
 -----------------
@@ -41,10 +37,12 @@ Limits (what it does NOT check)
 * Code that branches on ``device.type == "cuda"`` or ``torch.cuda.is_available()`` takes its CPU
   branch here; those branches need their own review. Code that branches on
   ``device.type == "cpu"`` sees ``meta`` and takes its non-CPU branch.
-* bitsandbytes-quantized models are loaded on the real CPU by :func:`install_for_course` (their
+* bitsandbytes-quantized models are loaded on the real CPU by the notebook plugin (their
   kernels read raw memory, which a wrapper does not have): their inputs must be moved with
   ``model_device(quantized_model)``, which says ``cpu``. Feeding them tensors from another model's
   device is reported, which is stricter than a GPU where both models would be on ``cuda``.
+* While active, ``torch.nn.Module._apply`` is replaced by a version that keeps tied weights tied
+  when a model moves between the CPU and the second device (torch itself would untie them here).
 * Speed, memory, dtype support and numerics of a real GPU are not simulated; ``data_ptr``,
   safetensors saving and ``torch.cuda`` memory statistics of wrapped tensors do not work.
 * Modes are thread-local: a thread started by the code under test runs without them.
@@ -52,11 +50,7 @@ Limits (what it does NOT check)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
-from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -64,13 +58,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 __all__ = [
-    "SECOND_DEVICE", "ENV_VAR", "SecondDeviceError", "SecondDeviceTensor", "SecondDeviceMode",
+    "SECOND_DEVICE", "SecondDeviceError", "SecondDeviceTensor", "SecondDeviceMode",
     "SecondDeviceFunctionMode", "activate", "deactivate", "is_active", "suspended", "on_second_device",
-    "install_for_course", "write_ipython_dir",
+    "is_second_device", "enter",
 ]
 
 SECOND_DEVICE = torch.device("meta")
-ENV_VAR = "COURSE_SECOND_DEVICE"
 NAME = "the second device (a stand-in for a GPU, reported as device 'meta')"
 MOVE_HINT = ("Fix: create it on the model's device (`device=model_device(model)`) or move it with "
              "`.to(model_device(model))` (`course_lib.device.model_device`); move a whole model "
@@ -143,7 +136,8 @@ def _describe(t: torch.Tensor) -> str:
     return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
 
 
-def _is_second(device) -> bool:
+def is_second_device(device) -> bool:
+    """Whether ``device`` (a string or ``torch.device``; None: no) names the second device."""
     return device is not None and torch.device(device).type == "meta"
 
 
@@ -211,14 +205,14 @@ def _run(func, args, kwargs):
     device = kwargs.get("device")
     tensors = _tensors(args, kwargs)
     inputs_on_second = any(on_second_device(t) for t in tensors)
-    if not inputs_on_second and not _is_second(device):
+    if not inputs_on_second and not is_second_device(device):
         return func(*args, **kwargs)
     if any(not on_second_device(t) and t.dim() > 0 and t.numel() > 0 for t in tensors) or (
             inputs_on_second and func.namespace in CPU_ONLY_NAMESPACES):
         _check_mixing(func, args, kwargs)  # the slow, precise check only when there is a suspect
     if device is not None:
         kwargs = {**kwargs, "device": torch.device("cpu")}
-    to_second = _is_second(device) or (device is None and inputs_on_second)
+    to_second = is_second_device(device) or (device is None and inputs_on_second)
     cpu_args, cpu_kwargs = tree_map(_unwrap, (args, kwargs))
     out = func(*cpu_args, **cpu_kwargs)
     if not to_second:
@@ -250,7 +244,7 @@ class SecondDeviceFunctionMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _CONSTRUCTORS and _is_second(kwargs.get("device")):
+        if func in _CONSTRUCTORS and is_second_device(kwargs.get("device")):
             return SecondDeviceTensor(func(*args, **{**kwargs, "device": "cpu"}).detach()
                                       ).requires_grad_(bool(kwargs.get("requires_grad", False)))
         if func is torch.Tensor.new_tensor and on_second_device(args[0]) and kwargs.get("device") is None:
@@ -322,7 +316,7 @@ def is_active() -> bool:
     return bool(_ACTIVE)
 
 
-def _enter() -> None:
+def enter() -> None:
     torch.nn.Module._apply = _apply_keeping_ties
     modes = (SecondDeviceFunctionMode(), SecondDeviceMode())
     for mode in modes:
@@ -343,7 +337,7 @@ def deactivate() -> None:
 @contextlib.contextmanager
 def activate():
     """``with activate():`` every tensor operation in the block follows the second-device rules."""
-    _enter()
+    enter()
     try:
         yield SECOND_DEVICE
     finally:
@@ -360,108 +354,4 @@ def suspended():
         yield
     finally:
         for _ in saved:
-            _enter()
-
-
-def install_for_course() -> None:
-    """Activate the modes for the session and make the course run on the second device.
-
-    * ``course_lib.device.pick_device`` is patched (before other course modules import it, so their
-      ``from .device import pick_device`` gets this one): with no explicit ``preferred`` device and
-      no ``COURSE_DEVICE`` it returns :data:`SECOND_DEVICE`.
-    * ``PreTrainedModel.from_pretrained`` runs with the modes suspended: reading weights is CPU work
-      (and its meta-device initialisation must stay plain); moving the loaded model, e.g. the
-      ``model.to(device)`` in ``course_lib.models.load_model``, is checked as usual.
-    * ``course_lib.models.load_model`` loads bitsandbytes-quantized models on the real CPU when no
-      device is given (see the module docstring).
-    """
-    import course_lib.device as course_device
-    import course_lib.models as course_models
-    from transformers import PreTrainedModel
-
-    if getattr(course_device.pick_device, "second_device", False):
-        raise ValueError("install_for_course() was already called in this process.")
-    original_pick, original_load = course_device.pick_device, course_models.load_model
-    original_from_pretrained = PreTrainedModel.from_pretrained.__func__
-
-    def pick_device(preferred=None):
-        if preferred is None and os.environ.get(course_device.DEVICE_ENV) is None:
-            return SECOND_DEVICE
-        if preferred is not None and _is_second(preferred):
-            return SECOND_DEVICE
-        return original_pick(preferred)
-
-    def load_model(name=course_models.DEFAULT_MODEL, quantization=None, device=None, **kwargs):
-        if quantization is not None and device is None:
-            device = "cpu"  # bitsandbytes kernels need real memory: quantized models stay on the CPU
-        return original_load(name, quantization=quantization, device=device, **kwargs)
-
-    def from_pretrained(cls, *args, **kwargs):
-        with suspended():
-            return original_from_pretrained(cls, *args, **kwargs)
-
-    pick_device.__doc__ = original_pick.__doc__ + "\n    (Patched by tests/second_device.py.)"
-    pick_device.second_device = True
-    load_model.__doc__ = original_load.__doc__
-    course_device.pick_device = course_models.pick_device = pick_device
-    course_models.load_model = load_model
-    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
-    _enter()
-
-
-STARTUP = '''\
-# Written by tests/second_device.py: run the course on the test-only second device.
-import os, sys
-if os.environ.get("{env}") == "1":
-    sys.path.insert(0, {tests!r})
-    import second_device
-    second_device.install_for_course()
-    print("second device active: course_lib.device.pick_device() ->", second_device.SECOND_DEVICE)
-'''
-
-
-def write_ipython_dir(folder: str | Path) -> Path:
-    """Write an IPython profile whose start-up file calls :func:`install_for_course`.
-
-    Kernels started with ``IPYTHONDIR=folder`` and ``COURSE_SECOND_DEVICE=1`` run on the second
-    device from their first cell on. Returns the start-up file's path.
-    """
-    startup = Path(folder) / "profile_default" / "startup" / "00-second-device.py"
-    startup.parent.mkdir(parents=True, exist_ok=True)
-    startup.write_text(STARTUP.format(env=ENV_VAR, tests=str(Path(__file__).resolve().parent)))
-    return startup
-
-
-# ----------------------------------------------------------------------- pytest plugin (-p)
-
-
-def pytest_configure(config):
-    """With ``COURSE_SECOND_DEVICE=1``, point every kernel that nbval starts at a start-up file."""
-    if os.environ.get(ENV_VAR) != "1":
-        return
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="second-device-ipython-")
-    write_ipython_dir(folder)
-    os.environ["IPYTHONDIR"] = folder
-    config._second_device_dir = folder
-
-
-def pytest_unconfigure(config):
-    import shutil
-
-    folder = getattr(config, "_second_device_dir", None)
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def pytest_report_header(config):
-    if os.environ.get(ENV_VAR) == "1":
-        return f"second device: notebook kernels run with {ENV_VAR}=1 (tests/second_device.py)"
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ipython-dir", required=True, help="folder to write the IPython profile to")
-    print(write_ipython_dir(parser.parse_args().ipython_dir))
-    sys.exit(0)
+            enter()

@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "nb_startup"))
+import second_device_plugin as plugin  # noqa: E402
 IDS = [[1, 5, 7, 9, 11, 13]]
 
 
@@ -181,9 +183,9 @@ def test_bad_use_gets_a_clear_error():
 
 
 def test_startup_file_does_nothing_without_the_environment_variable(tmp_path, monkeypatch):
-    startup = sd.write_ipython_dir(tmp_path)
+    startup = plugin.write_ipython_dir(tmp_path)
     assert startup.name == "00-second-device.py" and "install_for_course" in startup.read_text()
-    monkeypatch.delenv(sd.ENV_VAR, raising=False)
+    monkeypatch.delenv(plugin.ENV_VAR, raising=False)
     script = f"exec(open({str(startup)!r}).read()); import sys; print('second_device' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
@@ -223,9 +225,9 @@ def _notebook(cells):
 
 
 def _kernel_env(tmp_path, monkeypatch):
-    sd.write_ipython_dir(tmp_path / "ipython")
+    plugin.write_ipython_dir(tmp_path / "ipython")
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv(sd.ENV_VAR, "1")
+    monkeypatch.setenv(plugin.ENV_VAR, "1")
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.delenv("COURSE_DEVICE", raising=False)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
@@ -252,11 +254,11 @@ def test_nbval_report_names_the_notebook_cell_and_the_message(tmp_path, monkeypa
 
     _kernel_env(tmp_path, monkeypatch)
     monkeypatch.delenv("IPYTHONDIR")  # the pytest plugin sets it up itself
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS / "nb_startup"), str(TESTS.parent)]))
     path = tmp_path / "faulty.ipynb"
     nbformat.write(_notebook(["import torch\nfrom course_lib.device import pick_device",
                               "torch.ones(2, device=pick_device()) + torch.ones(2)"]), path)
-    command = [sys.executable, "-m", "pytest", "-p", "second_device", "--nbval-lax", "--nbval-current-env",
+    command = [sys.executable, "-m", "pytest", "-p", "second_device_plugin", "--nbval-lax", "--nbval-current-env",
                "-p", "no:cacheprovider", "-q", "--color=no", "-W", "ignore", str(path)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     report = result.stdout + result.stderr

@@ -198,7 +198,8 @@ FAULTS = {  # cell source -> expected error (None: must run)
     "import course_lib.models, course_lib.notebook_setup, torch\n"
     "assert pick_device() == torch.device('meta'), pick_device()\n"
     "assert course_lib.models.pick_device() == course_lib.notebook_setup.pick_device() == pick_device()\n"
-    "assert pick_device('cpu') == torch.device('cpu')": None,
+    "assert pick_device('cpu') == torch.device('cpu')\n"
+    "course_lib.models.check_quantization_supported('nf4', pick_device())  # quantized models load on the CPU": None,
     "from course_lib.tiny_models import tiny_llama\n"
     "model = tiny_llama().to(pick_device())\nassert model_device(model) == pick_device()": None,
     "model(input_ids=torch.tensor([[1, 2, 3]]))": "aten.embedding.default mixes devices",

@@ -41,7 +41,9 @@ def install_for_course() -> None:
       (and its meta-device initialisation must stay plain); moving the loaded model, e.g. the
       ``model.to(device)`` in ``course_lib.models.load_model``, is checked as usual.
     * ``course_lib.models.load_model`` loads bitsandbytes-quantized models on the real CPU when no
-      device is given (see the limits in ``tests/second_device.py``).
+      device or the second device is asked for, and ``check_quantization_supported`` accepts the
+      second device for that reason (see the limits in ``tests/second_device.py``). Modules that
+      import these at call time (``from .models import load_model`` inside a function) get them.
     """
     import course_lib.device as course_device
     import course_lib.models as course_models
@@ -50,6 +52,7 @@ def install_for_course() -> None:
     if getattr(course_device.pick_device, "second_device", False):
         raise ValueError("install_for_course() was already called in this process.")
     original_pick, original_load = course_device.pick_device, course_models.load_model
+    original_check = course_models.check_quantization_supported
     original_from_pretrained = PreTrainedModel.from_pretrained.__func__
 
     def pick_device(preferred=None):
@@ -60,9 +63,12 @@ def install_for_course() -> None:
         return original_pick(preferred)
 
     def load_model(name=course_models.DEFAULT_MODEL, quantization=None, device=None, **kwargs):
-        if quantization is not None and device is None:
+        if quantization is not None and (device is None or is_second_device(device)):
             device = "cpu"  # bitsandbytes kernels need real memory: quantized models stay on the CPU
         return original_load(name, quantization=quantization, device=device, **kwargs)
+
+    def check_quantization_supported(quantization, device):
+        return original_check(quantization, "cpu" if is_second_device(device) else device)
 
     def from_pretrained(cls, *args, **kwargs):
         with suspended():
@@ -73,6 +79,7 @@ def install_for_course() -> None:
     load_model.__doc__ = original_load.__doc__
     course_device.pick_device = course_models.pick_device = pick_device
     course_models.load_model = load_model
+    course_models.check_quantization_supported = check_quantization_supported
     PreTrainedModel.from_pretrained = classmethod(from_pretrained)
     second_device.enter()
 

@@ -44,7 +44,8 @@ Limits (what it does NOT check)
 * While active, ``torch.nn.Module._apply`` is replaced by a version that keeps tied weights tied
   when a model moves between the CPU and the second device (torch itself would untie them here).
 * Speed, memory, dtype support and numerics of a real GPU are not simulated; ``data_ptr``,
-  safetensors saving and ``torch.cuda`` memory statistics of wrapped tensors do not work.
+  safetensors saving and ``torch.cuda`` memory statistics of wrapped tensors do not work
+  (``data_ptr`` gives the real CPU address, for telling tensors apart).
 * Modes are thread-local: a thread started by the code under test runs without them.
 """
 
@@ -108,6 +109,11 @@ class SecondDeviceTensor(torch.Tensor):
         if self.dim() == 0:
             return self.item().__format__(spec)
         return repr(self).__format__(spec)
+
+    def data_ptr(self):
+        """The real tensor's address: on a GPU ``data_ptr`` works too, and code uses it to tell
+        distinct tensors apart (``course_lib.metrics.footprint_bytes``, tied-weight detection)."""
+        return self.elem.data_ptr()
 
     def tolist(self):
         """As on CUDA, ``tolist`` copies to Python objects."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import second_device as sd
 from course_lib.device import model_device
-from course_lib.metrics import generation_speed, perplexity
+from course_lib.metrics import footprint_bytes, generation_speed, perplexity
 from course_lib.tiny_models import tiny_llama
 
 matplotlib.use("Agg")
@@ -55,6 +55,7 @@ def test_moves_keep_tied_weights_tied_and_copies_independent(on_device):
     count = sum(p.numel() for p in reference.parameters())
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert sum(p.numel() for p in model.parameters()) == count
+    assert footprint_bytes(model) == footprint_bytes(reference)  # tells tensors apart by data_ptr
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.lm_head.weight.add_(1.0)

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # tests/, where second_device.py lives
@@ -68,7 +70,7 @@ def install_for_course() -> None:
         return original_load(name, quantization=quantization, device=device, **kwargs)
 
     def check_quantization_supported(quantization, device):
-        return original_check(quantization, "cpu" if is_second_device(device) else device)
+        return original_check(quantization, torch.device("cpu") if is_second_device(device) else device)
 
     def from_pretrained(cls, *args, **kwargs):
         with suspended():

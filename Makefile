@@ -1,7 +1,7 @@
 # Two commands do everything (see README):
 #   make lab    set up .venv and open JupyterLab on the course
-#   make test   set up .venv and run the whole test suite (unit tests + every notebook, smoke profile),
-#               then `make test-colab-env`
+#   make test   set up .venv and run the whole test suite: unit tests, every notebook (smoke profile) on
+#               the test-only second device (`make test-second-device`), then `make test-colab-env`
 #   make test-colab-env   check the course against Colab's package versions (constraints/colab-gpu-*.txt):
 #               pip resolves it there without changing Colab's packages, and the unit tests pass in
 #               .venv-colab, a venv built from those versions (with this machine's torch)
@@ -47,9 +47,12 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ROOT_FLAG)
 
+# The unit tests, then every lesson and solution notebook on the test-only second device (which
+# replaces a plain smoke run: it executes the same cells and also fails on GPU-only device faults),
+# then the check against Colab's package versions.
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest tests notebooks solutions -m "not colab" \
-	    --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q
+	$(TEST_ENV) $(PY) -m pytest tests -m "not colab" -p no:cacheprovider -q
+	$(MAKE) test-second-device
 	$(MAKE) test-colab-env
 
 # The course installed with Colab's versions pinned (-c); torch is this machine's (see the constraints file).
@@ -79,3 +82,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(COLAB_VENV)
+
+# --- test-second-device (tests/second_device.py, tests/nb_startup/) ---------------------------
+# Runs the lessons and solutions (smoke profile) on a test-only "second device" that stands in for
+# a GPU: CPU tensors fed to a model on the device, or .numpy()/plots of device tensors, fail here
+# as they would on Colab. A failure names the notebook and cell; the message says how to fix it.
+.PHONY: test-second-device
+test-second-device: $(STAMP)
+	COURSE_SECOND_DEVICE=1 PYTHONPATH=$(CURDIR)/tests/nb_startup$${PYTHONPATH:+:$$PYTHONPATH} $(TEST_ENV) \
+	    $(PY) -m pytest -p second_device_plugin notebooks solutions \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q

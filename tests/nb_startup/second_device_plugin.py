@@ -1,0 +1,140 @@
+"""Run the course's notebooks on the test-only second device (see ``tests/second_device.py``).
+
+* :func:`install_for_course` runs in a notebook kernel: it activates the second device for the
+  session and makes the course's one device decision, ``course_lib.device.pick_device()``, return
+  it, so everything that follows the course rules lands there.
+* As a pytest plugin (``pytest -p second_device_plugin`` with ``tests/nb_startup/`` on ``PYTHONPATH``, as ``make test-second-device`` does): with ``COURSE_SECOND_DEVICE=1`` every
+  kernel that nbval starts gets an IPython start-up file that calls :func:`install_for_course`
+  before the first cell. A failing cell shows the mode's message in nbval's report.
+* ``python tests/nb_startup/second_device_plugin.py --ipython-dir DIR`` writes that start-up file
+  for kernels started by hand with ``IPYTHONDIR=DIR COURSE_SECOND_DEVICE=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # tests/, where second_device.py lives
+
+import second_device  # noqa: E402
+from second_device import SECOND_DEVICE, is_second_device, suspended  # noqa: E402
+
+__all__ = ["ENV_VAR", "install_for_course", "write_ipython_dir"]
+
+ENV_VAR = "COURSE_SECOND_DEVICE"
+
+
+def install_for_course() -> None:
+    """Activate the modes for the session and make the course run on the second device.
+
+    * ``course_lib.device.pick_device`` is patched (before other course modules import it, so their
+      ``from .device import pick_device`` gets this one): with no explicit ``preferred`` device and
+      no ``COURSE_DEVICE`` it returns :data:`SECOND_DEVICE`.
+    * ``PreTrainedModel.from_pretrained`` runs with the modes suspended: reading weights is CPU work
+      (and its meta-device initialisation must stay plain); moving the loaded model, e.g. the
+      ``model.to(device)`` in ``course_lib.models.load_model``, is checked as usual.
+    * ``course_lib.models.load_model`` loads bitsandbytes-quantized models on the real CPU when no
+      device or the second device is asked for, and ``check_quantization_supported`` accepts the
+      second device for that reason (see the limits in ``tests/second_device.py``). Modules that
+      import these at call time (``from .models import load_model`` inside a function) get them.
+    """
+    import course_lib.device as course_device
+    import course_lib.models as course_models
+    from transformers import PreTrainedModel
+
+    if getattr(course_device.pick_device, "second_device", False):
+        raise ValueError("install_for_course() was already called in this process.")
+    original_pick, original_load = course_device.pick_device, course_models.load_model
+    original_check = course_models.check_quantization_supported
+    original_from_pretrained = PreTrainedModel.from_pretrained.__func__
+
+    def pick_device(preferred=None):
+        if preferred is None and os.environ.get(course_device.DEVICE_ENV) is None:
+            return SECOND_DEVICE
+        if preferred is not None and is_second_device(preferred):
+            return SECOND_DEVICE
+        return original_pick(preferred)
+
+    def load_model(name=course_models.DEFAULT_MODEL, quantization=None, device=None, **kwargs):
+        if quantization is not None and (device is None or is_second_device(device)):
+            device = "cpu"  # bitsandbytes kernels need real memory: quantized models stay on the CPU
+        return original_load(name, quantization=quantization, device=device, **kwargs)
+
+    def check_quantization_supported(quantization, device):
+        return original_check(quantization, torch.device("cpu") if is_second_device(device) else device)
+
+    def from_pretrained(cls, *args, **kwargs):
+        with suspended():
+            return original_from_pretrained(cls, *args, **kwargs)
+
+    pick_device.__doc__ = original_pick.__doc__ + "\n    (Patched by tests/nb_startup/second_device_plugin.py.)"
+    pick_device.second_device = True
+    load_model.__doc__ = original_load.__doc__
+    course_device.pick_device = course_models.pick_device = pick_device
+    course_models.load_model = load_model
+    course_models.check_quantization_supported = check_quantization_supported
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+    second_device.enter()
+
+
+STARTUP = '''\
+# Written by tests/nb_startup/second_device_plugin.py: run the course on the test-only second device.
+import os, sys
+if os.environ.get("{env}") == "1":
+    sys.path[:0] = [{tests!r}, {here!r}]
+    import second_device_plugin
+    second_device_plugin.install_for_course()
+    print("second device active: course_lib.device.pick_device() ->", second_device_plugin.SECOND_DEVICE)
+'''
+
+
+def write_ipython_dir(folder: str | Path) -> Path:
+    """Write an IPython profile whose start-up file calls :func:`install_for_course`.
+
+    Kernels started with ``IPYTHONDIR=folder`` and ``COURSE_SECOND_DEVICE=1`` run on the second
+    device from their first cell on. Returns the start-up file's path.
+    """
+    startup = Path(folder) / "profile_default" / "startup" / "00-second-device.py"
+    startup.parent.mkdir(parents=True, exist_ok=True)
+    startup.write_text(STARTUP.format(env=ENV_VAR, tests=str(HERE.parent), here=str(HERE)))
+    return startup
+
+
+# ----------------------------------------------------------------------- pytest plugin (-p)
+
+
+def pytest_configure(config):
+    """With ``COURSE_SECOND_DEVICE=1``, point every kernel that nbval starts at a start-up file."""
+    if os.environ.get(ENV_VAR) != "1":
+        return
+    folder = tempfile.mkdtemp(prefix="second-device-ipython-")
+    write_ipython_dir(folder)
+    os.environ["IPYTHONDIR"] = folder
+    config._second_device_dir = folder
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_second_device_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    if os.environ.get(ENV_VAR) == "1":
+        return f"second device: notebook kernels run with {ENV_VAR}=1 (tests/nb_startup/second_device_plugin.py)"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ipython-dir", required=True, help="folder to write the IPython profile to")
+    print(write_ipython_dir(parser.parse_args().ipython_dir))
+    sys.exit(0)

@@ -249,3 +249,11 @@ def test_parameter_count_checker_accepts_numpy_and_tensor_integers_and_names_mor
     assert "config.head_dim" in capsys.readouterr().out
     assert not check_parameter_count(lambda c: True)
     assert "whole number" in capsys.readouterr().out
+
+
+def test_reference_solutions_are_the_library_formulas():
+    config = LlamaConfig(**SMOLLM2)
+    assert reference_llama_parameter_count(config) == parameter_breakdown(config).total
+    x = torch.randn(1, 3, 4)
+    assert reference_block_influence(x, 2 * x) == pytest.approx(0.0, abs=1e-12)
+    assert reference_block_influence(x, -x) == pytest.approx(2.0)

@@ -370,3 +370,11 @@ def test_distillation_loss_checker_names_the_batchmean_and_student_temperature_m
     assert "alpha weighs" in capsys.readouterr().out
     assert not check_soft_targets(lambda z, t: F.softmax(z / t, 0))
     assert "dim=-1" in capsys.readouterr().out
+
+
+def test_reference_solutions_are_the_library_formulas():
+    z = _logits(2, 3, 5)
+    assert torch.allclose(reference_soft_targets(z, 2.0), F.softmax(z / 2, -1))
+    s, t, y = _logits(1, 4, 5, seed=1), _logits(1, 4, 5, seed=2), torch.tensor([[1, 2, 3, 4]])
+    assert reference_distillation_loss(s, t, y, 2.0, 0.3).item() == pytest.approx(
+        distillation_loss(s, t, y, 2.0, 0.3).item())

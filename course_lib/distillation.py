@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .claims import INCONCLUSIVE, rate_comparison
 from .device import model_device
 from .inference import batches, eval_mode
 from .scorecard import Record, record
@@ -43,7 +44,8 @@ from .training import TrainResult, block_batches, causal_lm_loss, train
 
 __all__ = ["SIZES", "soft_targets", "kl_divergence", "distillation_loss", "check_same_vocabulary",
            "distillation_loss_fn", "DistillationTrainer", "top1_predictions", "top1_agreement",
-           "most_common_share", "teacher_samples", "train_student", "evaluate_student"]
+           "most_common_share", "teacher_samples", "train_student", "evaluate_student", "trainer_loss_check",
+           "agreement_verdict"]
 
 SIZES = {
     # steps, batch size and learning rates (depth student; small fresh student) of every training
@@ -359,3 +361,39 @@ def evaluate_student(model, tokenizer, val_blocks: torch.Tensor, teacher_top1: t
              "most_common_share": most_common_share(top1)}
     return record(model, tokenizer, chapter=chapter, name=name, speeds=speeds, notes=notes, extra=extra,
                   speed=speed, profile=profile, progress=progress, quiet=quiet)
+
+
+def trainer_loss_check(trainer, batch: dict, rel: float = 1e-4) -> dict:
+    """Does a trainer's ``compute_loss`` return the distillation loss, and not plain cross-entropy?
+
+    On ``batch`` (moved to the student's device) it computes, without gradients, ``loss`` =
+    ``trainer.compute_loss(student, batch)``, ``kd`` = :func:`distillation_loss` of the student
+    and ``trainer.teacher`` at the trainer's temperature and alpha, and ``ce`` = the student's
+    cross-entropy on the labels. ``holds`` is True if ``|loss - kd| <= rel |kd|`` and
+    ``|loss - ce| > rel |ce|``, False if the loss is not the KD loss (a dummy trainer returning CE
+    fails here), and INCONCLUSIVE if KD and CE coincide on this batch (e.g. alpha = 1).
+    """
+    student = trainer.model
+    batch = {k: v.to(model_device(student)) for k, v in batch.items()}
+    with eval_mode(student):
+        loss = float(trainer.compute_loss(student, batch))
+        logits = student(input_ids=batch["input_ids"]).logits
+        kd = float(distillation_loss(logits, _teacher_logits(trainer.teacher, batch), batch["labels"],
+                                     trainer.temperature, trainer.alpha, trainer.reverse))
+        ce = float(distillation_loss(logits, logits, batch["labels"], 1.0, 1.0))
+    if abs(kd - ce) <= rel * abs(ce):
+        holds = INCONCLUSIVE
+    else:
+        holds = abs(loss - kd) <= rel * abs(kd) and abs(loss - ce) > rel * abs(ce)
+    return {"loss": loss, "kd": kd, "ce": ce, "holds": holds}
+
+
+def agreement_verdict(a: Record, b: Record, n: int, max_share: float = 0.5):
+    """Does student ``a`` agree with the teacher (top-1) more often than student ``b``, over ``n``
+    positions? :func:`course_lib.claims.rate_comparison` of their ``top1_agreement``, except that
+    it is INCONCLUSIVE when either student is degenerate: its most frequent prediction takes more
+    than ``max_share`` of the positions (``most_common_share``), so the comparison would only
+    compare two unigram fits."""
+    if any(r.extra["most_common_share"] > max_share for r in (a, b)):
+        return INCONCLUSIVE
+    return rate_comparison(a.extra["top1_agreement"], b.extra["top1_agreement"], n)

@@ -9,7 +9,8 @@ from course_lib.architecture import SIZES as ARCHITECTURE_SIZES
 from course_lib.data import token_blocks
 from course_lib.distillation import (SIZES, DistillationTrainer, check_same_vocabulary, distillation_loss, distillation_loss_fn,
                                      evaluate_student, kl_divergence, most_common_share, soft_targets, teacher_samples,
-                                     top1_agreement, top1_predictions, train_student)
+                                     top1_agreement, top1_predictions, train_student, trainer_loss_check,
+                                     agreement_verdict)
 from course_lib.training import blocks_dataset, logged_losses, trainer_arguments
 from course_lib.metrics import perplexity
 from course_lib.profiles import get_profile, sizes_for
@@ -378,3 +379,38 @@ def test_reference_solutions_are_the_library_formulas():
     s, t, y = _logits(1, 4, 5, seed=1), _logits(1, 4, 5, seed=2), torch.tensor([[1, 2, 3, 4]])
     assert reference_distillation_loss(s, t, y, 2.0, 0.3).item() == pytest.approx(
         distillation_loss(s, t, y, 2.0, 0.3).item())
+
+
+def test_trainer_loss_check_tells_a_distillation_trainer_from_a_plain_ce_one(tmp_path):
+    from course_lib.claims import INCONCLUSIVE
+
+    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    rows = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
+    batch = {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
+    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    real = DistillationTrainer(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.5)
+    check = trainer_loss_check(real, batch)
+    assert check["holds"] is True and check["loss"] == pytest.approx(check["kd"], rel=1e-5)
+
+    class PlainCE(DistillationTrainer):  # the articles' trainer: ignores the teacher
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return model(**inputs).loss
+
+    dummy = PlainCE(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.5)
+    assert trainer_loss_check(dummy, batch)["holds"] is False
+    only_ce = DistillationTrainer(model=student, args=args, teacher_model=teacher, alpha=1.0)
+    assert trainer_loss_check(only_ce, batch)["holds"] == INCONCLUSIVE
+
+
+def test_agreement_verdict_is_inconclusive_for_degenerate_students():
+    from course_lib.claims import INCONCLUSIVE
+    from course_lib.scorecard import Record
+
+    def student(agreement, share):
+        return Record(chapter="04_test", name="s", profile="smoke", device="cpu", params=1, nonzero_params=1,
+                      sparsity=0.0, footprint_bytes=1, naive_footprint_bytes=1, perplexity=1.0,
+                      extra={"top1_agreement": agreement, "most_common_share": share})
+
+    assert agreement_verdict(student(0.40, 0.1), student(0.20, 0.1), 1000) is True
+    assert agreement_verdict(student(0.20, 0.1), student(0.40, 0.1), 1000) is False
+    assert agreement_verdict(student(0.40, 0.9), student(0.20, 0.1), 1000) == INCONCLUSIVE

@@ -59,10 +59,12 @@ SIZES = {
     #
     # cpu estimate (2 cores, FACTS.md: full fine-tuning of the 135 M model 8.6 s a step at batch 8,
     # a forward pass 2.5 s): the depth student (~81 M) at batch 4 about 2.6 s a CE step and 3.9 s a
-    # KD step (its teacher's forward pass included); 1 CE + 4 KD runs x 12 steps = 3.6 min; the
-    # small students (~12 M) and the Trainer demo under a minute; evaluation (perplexity and top-1
-    # on the profile's validation blocks) about 10 s a model; loading and Block Influence under a
-    # minute: about 7 min in all.
+    # KD step (its teacher's forward pass included); 1 CE + 4 KD runs x 10 steps = 3.0 min; the
+    # small students (~12 M), the Trainer demo and the teacher's samples about a minute; evaluation
+    # (perplexity and top-1 on 48 validation blocks, two forward passes) about 18 s for each of six
+    # depth students, 2 min; loading, Block Influence, the side-by-side timing and the reload check
+    # about 1.5 min: about 8 min in all (the budget is 10). Not run here yet: measure it with
+    # `make bench PROFILE=cpu` on an idle machine.
     # gpu estimate (Colab T4, assumed 5 TFLOP/s sustained in fp32; 6 x params x tokens a training
     # step, 2 x params x tokens a forward pass): batch 16 x 128 = 2,048 tokens, a CE step of the
     # depth student 6 x 81 M x 2,048 = 1.0 TFLOP = 0.2 s, a KD step 1.55 TFLOP = 0.31 s;
@@ -76,7 +78,7 @@ SIZES = {
               "remove_layers": 15, "small_layers": 2, "small_hidden": 192, "trainer_steps": 2,
               "seq_samples": 4, "seq_batch_size": 4, "seq_prompt_tokens": 8, "seq_new_tokens": 8,
               "temperatures": [0.5, 1.0, 2.0, 4.0]},
-    "cpu": {"steps": 12, "batch_size": 4, "lr": 2e-4, "small_lr": 3e-3, "temperature": 2.0, "alpha": 0.5,
+    "cpu": {"steps": 10, "batch_size": 4, "lr": 2e-4, "small_lr": 3e-3, "temperature": 2.0, "alpha": 0.5,
             "ablation": [[1.0, 0.0], [2.0, 0.0], [1.0, 0.5], [2.0, 0.5]],
             "remove_layers": 15, "small_layers": 4, "small_hidden": 192, "trainer_steps": 8,
             "seq_samples": 24, "seq_batch_size": 8, "seq_prompt_tokens": 16, "seq_new_tokens": 64,

@@ -32,21 +32,34 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .device import model_device
+from .device import model_device, pick_device
 from .layers import model_family
 
+__all__ = ["SIZES", "ParameterBreakdown", "head_dim", "kv_heads", "parameter_breakdown", "measured_breakdown",
+           "kv_cache_bytes_per_token", "measured_kv_cache_bytes", "describe_config", "scaled_config",
+           "equal_budget_configs", "smaller_config", "model_from_config"]
+
 SIZES = {
-    # depths of the equal-budget configurations (timed side by side with the profile's
-    # timing_repeats rounds); validation blocks and layer counts of the layer-removal sweep;
-    # healing steps, batch size and learning rate. The number of layers removed before healing
-    # is chapter 04's depth student's, ``course_lib.distillation.SIZES[...]["remove_layers"]``
-    # (the MLP width cut is then chosen to remove as many parameters).
+    # Chapter 06's own settings: depths of the equal-budget configurations (timed side by side with
+    # the profile's timing_repeats rounds); validation blocks and layer counts of the layer-removal
+    # sweep; healing steps, batch size and learning rate. The number of layers removed before
+    # healing is chapter 04's depth student's, ``course_lib.distillation.SIZES[...]["remove_layers"]``
+    # (read from there, not repeated here; the MLP width cut then removes as many parameters).
+    #
+    # gpu estimate (Colab T4, assumed 5 TFLOP/s sustained in fp32; FLOPs = 6 x params x tokens per
+    # training step, 2 x params x tokens per forward pass): healing a ~81 M-parameter student
+    # (15 of 30 layers removed, or the same count of MLP neurons) with the 134.5 M teacher's forward
+    # pass, batch 16 x 128 = 2,048 tokens: (6 x 81 M + 2 x 134.5 M) x 2,048 = 1.55 TFLOP = 0.31 s a
+    # step; two models x 1,000 steps = 10.3 min. The sweep (7 k x 3 strategies x 64 blocks) and the
+    # speed table take about a minute more: about 13 min in all. Memory: student weights, gradients
+    # and two AdamW states 16 B x 81 M = 1.3 GB, teacher 0.54 GB, logits 16 x 128 x 49,152 x 4 B =
+    # 0.4 GB a copy (a few copies): under 5 GB of the T4's 15 GB.
     "smoke": {"depths": [6, 30], "sweep_blocks": 2, "sweep_k": [2, 6],
               "heal_steps": 2, "heal_batch_size": 2, "heal_lr": 2e-4},
     "cpu": {"depths": [6, 12, 30, 60], "sweep_blocks": 16, "sweep_k": [2, 4, 6, 8, 10],
             "heal_steps": 16, "heal_batch_size": 4, "heal_lr": 2e-4},
     "gpu": {"depths": [6, 12, 30, 60], "sweep_blocks": 64, "sweep_k": [1, 2, 4, 6, 8, 10, 12],
-            "heal_steps": 1500, "heal_batch_size": 16, "heal_lr": 1e-4},
+            "heal_steps": 1000, "heal_batch_size": 16, "heal_lr": 1e-4},
 }
 
 
@@ -139,11 +152,20 @@ def kv_cache_bytes_per_token(config, bytes_per_value: int = 2, num_kv_heads: int
 
 @torch.no_grad()
 def measured_kv_cache_bytes(model, n_tokens: int = 16) -> int:
-    """Bytes of the key/value cache after one forward pass over ``n_tokens`` tokens (real tensors)."""
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be positive, got {n_tokens}.")
+    """Bytes of the key/value cache after one forward pass over ``n_tokens`` tokens (real tensors):
+    the sum of ``numel * element_size`` of every layer's keys and values.
+
+    The cache is read from the output's ``cache`` field (transformers >= 5.24; its old name
+    ``past_key_values`` is deprecated and warns) and from ``past_key_values`` only on versions
+    whose outputs have no ``cache`` field. The token ids are created on the model's device.
+    """
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}.")
     ids = torch.zeros(1, n_tokens, dtype=torch.long, device=model_device(model))
-    cache = model(input_ids=ids, use_cache=True).past_key_values
+    output = model(input_ids=ids, use_cache=True)
+    cache = output.cache if "cache" in output else output.past_key_values
+    if cache is None:
+        raise ValueError(f"{type(model).__name__} returned no key/value cache for use_cache=True.")
     total = 0
     for layer in cache.layers:
         for t in (layer.keys, layer.values):
@@ -246,9 +268,14 @@ def smaller_config(config, **changes):
     return new
 
 
-def model_from_config(config, seed: int = 0):
-    """A freshly initialised causal LM (random weights, float32, eval mode) for ``config``."""
+def model_from_config(config, seed: int = 0, device: str | torch.device | None = None):
+    """A freshly initialised causal LM (random weights from ``torch.manual_seed(seed)``, float32,
+    eval mode) for ``config``, on ``device``: the course's device
+    (:func:`course_lib.device.pick_device`) unless given, so that a student built here trains next
+    to a teacher loaded by :func:`course_lib.models.load_model`. The weights are drawn on the CPU
+    (the same seed gives the same weights on every device) and then moved."""
     from transformers import AutoModelForCausalLM
 
+    target = pick_device(device)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.float32).eval().to(target)

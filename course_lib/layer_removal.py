@@ -9,8 +9,8 @@ at every token position of some calibration text:
 A layer whose output points the same way as its input (BI near 0) mostly adds a small
 correction to the residual stream, so removing it should hurt least.
 
-* :func:`block_influence` measures BI of every layer on calibration blocks (forward hooks, no
-  change to the model).
+* :func:`block_influence` measures BI of every layer on calibration blocks (through
+  :func:`course_lib.inference.capture`'s forward hooks; no change to the model).
 * :func:`choose_layers` picks ``k`` layers to drop: the ``"lowest"`` influence, the ``"last"``
   k, or ``"random"`` k (the baselines the lesson compares against).
 * :func:`remove_layers` returns a **new**, shallower model (the caller's model is untouched),
@@ -26,17 +26,13 @@ import random
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .device import model_device
+from .inference import capture
 from .layers import decoder_layers
 
+__all__ = ["STRATEGIES", "cosine_similarity_per_token", "block_influence", "choose_layers", "remove_layers"]
+
 STRATEGIES = ("lowest", "last", "random")
-
-
-def _hidden(value) -> torch.Tensor:
-    """The hidden-state tensor of a layer's input or output (some layers return tuples)."""
-    return value[0] if isinstance(value, (tuple, list)) else value
 
 
 def cosine_similarity_per_token(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
@@ -50,7 +46,6 @@ def cosine_similarity_per_token(x_in: torch.Tensor, x_out: torch.Tensor) -> torc
     return F.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
 
 
-@torch.no_grad()
 def block_influence(model, blocks: torch.Tensor, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
     """Block Influence of every decoder layer: ``BI_i = 1 - mean_tokens cos(x_in_i, x_out_i)``.
 
@@ -58,39 +53,29 @@ def block_influence(model, blocks: torch.Tensor, batch_size: int = 8, progress: 
         blocks: calibration token blocks ``[n_blocks, block_size]`` (every token is averaged).
 
     Returns:
-        a float64 tensor ``[num_layers]``; higher means the layer changes its input more.
+        a float64 CPU tensor ``[num_layers]``; higher means the layer changes its input more.
 
-    The model is run in eval mode through forward hooks that are removed afterwards; its
-    weights are not changed.
+    The blocks run on the model's device through :func:`course_lib.inference.capture` (eval mode,
+    no gradients, hooks removed afterwards, the model's train/eval mode restored); its weights are
+    not changed.
     """
-    if blocks.ndim != 2 or len(blocks) == 0:
-        raise ValueError(f"blocks must be a non-empty [n_blocks, block_size] tensor, got {tuple(blocks.shape)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if not isinstance(blocks, torch.Tensor) or blocks.ndim != 2 or len(blocks) == 0:
+        shape = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__
+        raise ValueError(f"blocks must be a non-empty [n_blocks, block_size] tensor, got {shape}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     layers = decoder_layers(model)
+    index = {f"layer {i}": i for i in range(len(layers))}
     sums = torch.zeros(len(layers), dtype=torch.float64)
     counts = torch.zeros(len(layers), dtype=torch.float64)
 
-    def make_hook(i):
-        def hook(module, args, kwargs, output):
-            x_in = _hidden(args[0] if args else kwargs["hidden_states"])
-            cos = cosine_similarity_per_token(x_in, _hidden(output))
-            sums[i] += cos.double().sum().item()
-            counts[i] += cos.numel()
-        return hook
+    def accumulate(name, x_in, x_out):
+        cos = cosine_similarity_per_token(x_in, x_out)
+        sums[index[name]] += cos.double().sum().item()
+        counts[index[name]] += cos.numel()
 
-    handles = [layer.register_forward_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    try:
-        starts = range(0, len(blocks), batch_size)
-        for start in tqdm(starts, desc="block influence", disable=not progress or len(starts) < 2, leave=False):
-            model(input_ids=blocks[start:start + batch_size].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    capture(model, {name: layers[i] for name, i in index.items()}, blocks, accumulate, batch_size,
+            desc="block influence", progress=progress)
     return 1.0 - sums / counts
 
 
@@ -134,9 +119,14 @@ def remove_layers(model, layers: list[int]):
     generates, saves and reloads like a model that was built with fewer layers.
 
     Raises:
-        ValueError: an index is out of range or repeated, or every layer would be removed.
+        ValueError: ``layers`` is not a list (e.g. the int 1: pass ``[1]``), an index is out of
+            range or repeated, or every layer would be removed.
     """
     n = len(decoder_layers(model))
+    if not isinstance(layers, (list, tuple, range)):
+        raise ValueError(f"layers must be a list of layer indices, got {type(layers).__name__} {layers!r}. "
+                         f"To remove layer {layers!r}, pass [{layers!r}]; to remove k layers, pass "
+                         "choose_layers(influence, k).")
     indices = list(layers)
     if not indices:
         raise ValueError("No layers given: pass the indices of at least one layer to remove.")

@@ -177,3 +177,83 @@ def test_scaled_config_keeps_the_proportions():
         scaled_config(base, 100, 6)
     with pytest.raises(ValueError, match="LlamaConfig"):
         scaled_config(GPT2Config(), 192, 2)
+
+
+# --------------------------------------------------------------------------- issue fixes, chapter 06
+
+def test_parameter_breakdown_of_a_bert_config_raises():
+    from transformers import BertConfig
+
+    with pytest.raises(ValueError, match="Unsupported model or config"):
+        parameter_breakdown(BertConfig())
+    with pytest.raises(ValueError, match="Unsupported model or config"):
+        describe_config(BertConfig())
+
+
+def test_measured_kv_cache_bytes_reads_the_cache_field_not_the_deprecated_name():
+    model = tiny_llama(vocab_size=100)
+    real = model(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=True)
+    cache = real.cache
+
+    class Output(dict):
+        @property
+        def past_key_values(self):
+            raise AssertionError("read the deprecated past_key_values")
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kwargs):
+            return Output(cache=cache, logits=None)
+
+    out = Output(cache=cache)
+    out.cache = cache
+    wrapper = Wrapper()
+    wrapper.forward = lambda **kw: out  # noqa: E731
+    assert measured_kv_cache_bytes(wrapper, 4) == 4 * kv_cache_bytes_per_token(model.config, bytes_per_value=4)
+
+
+def test_model_from_config_puts_the_model_on_the_course_device(monkeypatch):
+    import course_lib.architecture as architecture
+
+    config = smaller_config(tiny_llama(vocab_size=100).config, num_hidden_layers=1)
+    monkeypatch.setattr(architecture, "pick_device", lambda device=None: torch.device(device or "meta"))
+    assert next(model_from_config(config).parameters()).device.type == "meta"  # pick_device()'s choice
+    assert next(model_from_config(config, device="cpu").parameters()).device.type == "cpu"
+
+
+def test_parameter_count_checker_accepts_numpy_and_tensor_integers_and_names_more_mistakes(capsys):
+    import numpy as np
+
+    assert check_parameter_count(lambda c: np.int64(parameter_breakdown(c).total))
+    assert check_parameter_count(lambda c: torch.tensor(parameter_breakdown(c).total))
+    assert check_parameter_count(lambda c: float(parameter_breakdown(c).total))
+    capsys.readouterr()
+    assert not check_parameter_count(lambda c: np.int64(parameter_breakdown(c).total - c.vocab_size * c.hidden_size))
+    assert "token embedding" in capsys.readouterr().out
+    assert not check_parameter_count(lambda c: parameter_breakdown(c).total - c.hidden_size)
+    assert "final norm" in capsys.readouterr().out
+    assert not check_parameter_count(
+        lambda c: parameter_breakdown(c).total - c.num_hidden_layers * c.hidden_size * c.intermediate_size)
+    assert "three matrices" in capsys.readouterr().out
+
+    def head_from_hidden(c):
+        h = c.hidden_size // c.num_attention_heads
+        d, L, H, K = c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads
+        total = c.vocab_size * d + L * (2 * d * H * h + 2 * d * K * h + 3 * d * c.intermediate_size + 2 * d) + d
+        return total + (0 if c.tie_word_embeddings else c.vocab_size * d)
+
+    assert not check_parameter_count(head_from_hidden)
+    assert "config.head_dim" in capsys.readouterr().out
+    assert not check_parameter_count(lambda c: True)
+    assert "whole number" in capsys.readouterr().out
+
+
+def test_reference_solutions_are_the_library_formulas():
+    config = LlamaConfig(**SMOLLM2)
+    assert reference_llama_parameter_count(config) == parameter_breakdown(config).total
+    x = torch.randn(1, 3, 4)
+    assert reference_block_influence(x, 2 * x) == pytest.approx(0.0, abs=1e-12)
+    assert reference_block_influence(x, -x) == pytest.approx(2.0)

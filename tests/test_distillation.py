@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 from course_lib.architecture import SIZES as ARCHITECTURE_SIZES
 from course_lib.data import token_blocks
-from course_lib.distillation import SIZES, DistillationTrainer, check_same_vocabulary, distillation_loss, distillation_loss_fn, evaluate_student, kl_divergence, soft_targets, teacher_samples, top1_agreement, top1_predictions, train_student
+from course_lib.distillation import (SIZES, DistillationTrainer, check_same_vocabulary, distillation_loss, distillation_loss_fn,
+                                     evaluate_student, kl_divergence, most_common_share, soft_targets, teacher_samples,
+                                     top1_agreement, top1_predictions, train_student, trainer_loss_check,
+                                     agreement_verdict)
 from course_lib.training import blocks_dataset, logged_losses, trainer_arguments
 from course_lib.metrics import perplexity
 from course_lib.profiles import get_profile, sizes_for
@@ -275,3 +278,139 @@ def test_distillation_loss_checker(capsys):
 
     assert not check_distillation_loss(unshifted)
     assert "logits[:, :-1]" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- issue fixes, chapter 04
+
+def test_distillation_loss_with_every_label_masked_raises_for_every_alpha():
+    student, teacher = _logits(1, 4, 7), _logits(1, 4, 7, seed=1)
+    labels = torch.full((1, 4), -100)
+    labels[0, 0] = 3  # the first label is never predicted (the shift drops it)
+    for alpha in (0.0, 0.5, 1.0):
+        with pytest.raises(ValueError, match="Every predicted label is -100"):
+            distillation_loss(student, teacher, labels, 2.0, alpha)
+
+
+def test_distillation_trainer_neither_moves_nor_switches_the_callers_teacher(tmp_path):
+    teacher = tiny_llama(vocab_size=64, seed=1).train()  # the caller left it in training mode
+    blocks = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    args = trainer_arguments(str(tmp_path), steps=2, lr=1e-3, batch_size=2, disable_tqdm=True)
+    trainer = DistillationTrainer(model=tiny_llama(vocab_size=64, num_layers=1, seed=2), args=args,
+                                  train_dataset=blocks_dataset(blocks), teacher_model=teacher)
+    assert trainer.teacher is teacher and teacher.training
+    trainer.train()
+    assert teacher.training and next(teacher.parameters()).device.type == "cpu"  # mode and device kept
+    elsewhere = tiny_llama(vocab_size=64, seed=1).to("meta")
+    with pytest.raises(ValueError, match="move it first"):
+        DistillationTrainer(model=tiny_llama(vocab_size=64, num_layers=1), args=args, teacher_model=elsewhere)
+    assert next(elsewhere.parameters()).device.type == "meta"  # refused, not moved
+
+
+def test_distillation_trainer_loss_is_the_kd_loss_not_plain_cross_entropy(tmp_path):
+    """What the lesson's claim row checks: a dummy trainer returning plain CE would fail it."""
+    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    batch = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
+    batch = {k: torch.stack([row[k] for row in batch]) for k in batch[0]}
+    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    trainer = DistillationTrainer(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.0)
+    got = trainer.compute_loss(student, batch).item()
+    with torch.no_grad():
+        ce = student(**batch).loss.item()
+        kd = distillation_loss(student(input_ids=batch["input_ids"]).logits,
+                               teacher(input_ids=batch["input_ids"]).logits, batch["labels"], 2.0, 0.0).item()
+    assert got == pytest.approx(kd, rel=1e-5) and got != pytest.approx(ce, rel=1e-3)
+
+
+def test_loss_fn_restores_the_teacher_mode_and_refuses_a_teacher_elsewhere():
+    teacher = tiny_llama(vocab_size=64, seed=1).train()
+    student = tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    batch = next(block_batches(torch.randint(0, 64, (2, 8)), 2))
+    loss_fn = distillation_loss_fn(teacher, 2.0, 0.5)
+    assert teacher.training  # building the loss does not switch the caller's model
+    loss_fn(student, batch)
+    assert teacher.training
+    with pytest.raises(ValueError, match="teacher is on meta"):
+        distillation_loss_fn(tiny_llama(vocab_size=64).to("meta"))(student, batch)
+
+
+def test_most_common_share_tells_a_degenerate_student():
+    assert most_common_share(torch.tensor([[5, 5, 5], [5, 5, 5]])) == 1.0
+    assert most_common_share(torch.tensor([[1, 2, 3], [4, 5, 1]])) == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="non-empty"):
+        most_common_share(torch.zeros(0, dtype=torch.long))
+
+
+def test_top1_and_teacher_samples_restore_the_mode_and_return_cpu_tensors():
+    model = tiny_llama(vocab_size=50).train()
+    blocks = torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(0))
+    assert top1_predictions(model, blocks, progress=False).device.type == "cpu" and model.training
+    assert teacher_samples(model, blocks[:, :3], 2, progress=False).device.type == "cpu" and model.training
+
+
+def test_distillation_loss_checker_names_the_batchmean_and_student_temperature_mistakes(capsys):
+    def batchmean(student, teacher, labels, t, alpha):
+        s, te, y = student[:, :-1], teacher[:, :-1], labels[:, 1:]
+        ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=-100)
+        keep = y != -100
+        log_p, log_q = F.log_softmax(te / t, -1), F.log_softmax(s / t, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)[keep].sum() / s.shape[0]
+        return alpha * ce + (1 - alpha) * t ** 2 * kl
+
+    def student_not_softened(student, teacher, labels, t, alpha):
+        s, te, y = student[:, :-1], teacher[:, :-1], labels[:, 1:]
+        ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1), ignore_index=-100)
+        log_p, log_q = F.log_softmax(te / t, -1), F.log_softmax(s, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)[y != -100].mean()
+        return alpha * ce + (1 - alpha) * t ** 2 * kl
+
+    assert not check_distillation_loss(batchmean)
+    assert "batchmean" in capsys.readouterr().out
+    assert not check_distillation_loss(student_not_softened)
+    assert "same temperature" in capsys.readouterr().out
+    assert not check_distillation_loss(lambda *a: _loss_without(*a[:4], 1 - a[4]))
+    assert "alpha weighs" in capsys.readouterr().out
+    assert not check_soft_targets(lambda z, t: F.softmax(z / t, 0))
+    assert "dim=-1" in capsys.readouterr().out
+
+
+def test_reference_solutions_are_the_library_formulas():
+    z = _logits(2, 3, 5)
+    assert torch.allclose(reference_soft_targets(z, 2.0), F.softmax(z / 2, -1))
+    s, t, y = _logits(1, 4, 5, seed=1), _logits(1, 4, 5, seed=2), torch.tensor([[1, 2, 3, 4]])
+    assert reference_distillation_loss(s, t, y, 2.0, 0.3).item() == pytest.approx(
+        distillation_loss(s, t, y, 2.0, 0.3).item())
+
+
+def test_trainer_loss_check_tells_a_distillation_trainer_from_a_plain_ce_one(tmp_path):
+    from course_lib.claims import INCONCLUSIVE
+
+    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    rows = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
+    batch = {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
+    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    real = DistillationTrainer(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.5)
+    check = trainer_loss_check(real, batch)
+    assert check["holds"] is True and check["loss"] == pytest.approx(check["kd"], rel=1e-5)
+
+    class PlainCE(DistillationTrainer):  # the articles' trainer: ignores the teacher
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return model(**inputs).loss
+
+    dummy = PlainCE(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.5)
+    assert trainer_loss_check(dummy, batch)["holds"] is False
+    only_ce = DistillationTrainer(model=student, args=args, teacher_model=teacher, alpha=1.0)
+    assert trainer_loss_check(only_ce, batch)["holds"] == INCONCLUSIVE
+
+
+def test_agreement_verdict_is_inconclusive_for_degenerate_students():
+    from course_lib.claims import INCONCLUSIVE
+    from course_lib.scorecard import Record
+
+    def student(agreement, share):
+        return Record(chapter="04_test", name="s", profile="smoke", device="cpu", params=1, nonzero_params=1,
+                      sparsity=0.0, footprint_bytes=1, naive_footprint_bytes=1, perplexity=1.0,
+                      extra={"top1_agreement": agreement, "most_common_share": share})
+
+    assert agreement_verdict(student(0.40, 0.1), student(0.20, 0.1), 1000) is True
+    assert agreement_verdict(student(0.20, 0.1), student(0.40, 0.1), 1000) is False
+    assert agreement_verdict(student(0.40, 0.9), student(0.20, 0.1), 1000) == INCONCLUSIVE

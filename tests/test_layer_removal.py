@@ -125,3 +125,20 @@ def test_remove_layers_gpt2_and_bad_input():
         remove_layers(model, [0, 1, 2])
     with pytest.raises(ValueError, match="No layers"):
         remove_layers(model, [])
+
+
+def test_remove_layers_refuses_an_int_instead_of_a_list():
+    model = tiny_llama(vocab_size=100, num_layers=3)
+    for bad in (1, "1", 1.0):
+        with pytest.raises(ValueError, match=r"list of layer indices.*pass \["):
+            remove_layers(model, bad)
+
+
+def test_block_influence_restores_the_mode_and_leaves_no_hooks():
+    model = tiny_llama(vocab_size=100, num_layers=3).train()
+    blocks = torch.randint(0, 100, (3, 8), generator=torch.Generator().manual_seed(0))
+    influence = block_influence(model, blocks, batch_size=2, progress=False)
+    assert model.training and influence.shape == (3,) and influence.device.type == "cpu"
+    assert all(not layer._forward_hooks for layer in decoder_layers(model))
+    with pytest.raises(ValueError, match="batch_size"):
+        block_influence(model, blocks, batch_size=0)

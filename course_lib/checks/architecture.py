@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from . import Case, CheckResult, check_function
+
+__all__ = ["reference_llama_parameter_count", "check_parameter_count", "reference_block_influence",
+           "check_block_influence"]
 
 
 def reference_llama_parameter_count(config) -> int:
@@ -44,6 +48,8 @@ def _diagnose_count(got, expected, case: Case) -> str | None:
     d, L, V, f = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
     H, K, h = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     tied = c.tie_word_embeddings
+    if got == expected - V * d and tied:
+        return "count the token embedding, V x d (vocab_size x hidden_size): with tied weights it is also the output layer."
     if got == expected + V * d and tied:
         return "the output layer is tied to the embedding (tie_word_embeddings=True): count that matrix once."
     if got == expected - V * d and not tied:
@@ -68,13 +74,28 @@ def _diagnose_count(got, expected, case: Case) -> str | None:
 def check_parameter_count(fn) -> CheckResult:
     """Check ``fn(config) -> int``: a Llama config's parameter count from the formula."""
     return check_function(fn, reference_llama_parameter_count, _count_cases(), name="llama_parameter_count",
-                          diagnose=_diagnose_count, compare=_exact_int)
+                          diagnose=lambda got, expected, case: _diagnose_count(_as_int(got), expected, case),
+                          compare=_exact_int)
+
+
+def _as_int(got):
+    """``got`` as a Python int where it is a whole number (NumPy and tensor integers too), else unchanged."""
+    try:
+        value = got.item() if isinstance(got, torch.Tensor) else got
+        return int(value) if float(value).is_integer() else got
+    except (TypeError, ValueError, RuntimeError):
+        return got
 
 
 def _exact_int(got, expected) -> str | None:
+    """None if ``got`` is the whole number ``expected``: a Python or NumPy integer, a whole float,
+    or a one-element tensor holding one; otherwise what is wrong."""
     if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            return f"expected one whole number, got a tensor of shape {tuple(got.shape)}"
         got = got.item()
-    if not isinstance(got, int) and not (isinstance(got, float) and got.is_integer()):
+    if isinstance(got, bool) or not (isinstance(got, numbers.Integral)
+                                     or (isinstance(got, numbers.Real) and float(got).is_integer())):
         return f"expected a whole number (int), got {got!r}"
     return None if int(got) == expected else f"expected {expected:,}, got {int(got):,} (off by {int(got) - expected:+,})"
 

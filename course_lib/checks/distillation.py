@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from . import Case, CheckResult, check_function
 
+__all__ = ["reference_soft_targets", "check_soft_targets", "reference_distillation_loss", "check_distillation_loss"]
+
 
 def reference_soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(logits / T) over the vocabulary (last) dimension."""
@@ -51,14 +53,18 @@ def reference_distillation_loss(student_logits, teacher_logits, labels, temperat
 
 
 def _variant(student, teacher, labels, t, alpha, *, t2=True, reverse=False, shift=True, mask=True,
-             swap_alpha=False):
-    """The loss computed with one common mistake (used to recognise it)."""
+             swap_alpha=False, batchmean=False, student_t=True):
+    """The loss computed with one common mistake (used to recognise it): no T**2, reverse KL, no
+    shift, -100 labels kept in the KL, alpha and 1 - alpha swapped, the KL summed over positions
+    and divided by the batch size (``F.kl_div(..., reduction="batchmean")`` on [batch, seq, vocab]),
+    or the student's logits not divided by T."""
     s, te, y = (student[:, :-1], teacher[:, :-1], labels[:, 1:]) if shift else (student, teacher, labels)
     keep = (y != -100) if mask else torch.ones_like(y, dtype=torch.bool)
     ce = F.cross_entropy(s.reshape(-1, s.shape[-1]).double(), y.reshape(-1), ignore_index=-100)
-    log_t, log_s = F.log_softmax(te.double() / t, -1), F.log_softmax(s.double() / t, -1)
+    log_t, log_s = F.log_softmax(te.double() / t, -1), F.log_softmax(s.double() / (t if student_t else 1.0), -1)
     log_p, log_q = (log_s, log_t) if reverse else (log_t, log_s)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)[keep].mean()
+    per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
+    kl = per_position[keep].sum() / s.shape[0] if batchmean else per_position[keep].mean()
     a = 1 - alpha if swap_alpha else alpha
     return (a * ce + (1 - a) * (t ** 2 if t2 else 1.0) * kl).item()
 
@@ -89,6 +95,9 @@ def _diagnose_loss(got, expected, case: Case) -> str | None:
         (dict(shift=False), "the logits at position t predict token t+1: use logits[:, :-1] and labels[:, 1:]."),
         (dict(mask=False), "leave out positions whose label is -100 in the KL term too."),
         (dict(swap_alpha=True), "alpha weighs the cross-entropy with the labels; (1 - alpha) the distillation term."),
+        (dict(batchmean=True), "average the KL over the predicted tokens, not over the batch: "
+                               "F.kl_div(..., reduction='batchmean') on [batch, seq, vocab] divides by the batch size only."),
+        (dict(student_t=False), "soften the student's logits with the same temperature: log_softmax(student_logits / T)."),
     ]
     for flags, hint in hints:
         if math.isclose(got, _variant(*args, **flags), rel_tol=1e-4, abs_tol=1e-6):

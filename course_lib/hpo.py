@@ -38,15 +38,29 @@ from .search_space import suggest, validate_space
 from .tasks import Example, make_task
 from .training import task_batches, train
 
-__all__ = ["SIZES", "HYPERPARAMETERS", "SearchData", "make_search_data", "lora_model_factory",
+__all__ = ["SIZES", "CPU_ONLY_SIZES", "HYPERPARAMETERS", "SearchData", "make_search_data", "lora_model_factory",
            "tiny_model_factory", "train_with_params", "TaskObjective", "UNTUNED_DEFAULTS", "fine_tune_and_score",
            "check_train_sizes", "accuracy_by_train_size"]
 
-# Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task;
-# the strategy and pruning comparisons use a tiny stand-in model (see ``tiny_model_factory``).
-# ``data_sizes``: every size is a multiple of ``real_batch_size`` and the largest is at most
-# ``final_steps * real_batch_size``, so the final training sees every one of its examples
-# (``accuracy_by_train_size`` checks it).
+# Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task, on the
+# chosen device; the strategy and pruning comparisons use a tiny stand-in model built on the CPU on
+# purpose (``tiny_model_factory``), so their sizes (grid_points ... pruning_eval_every) are the
+# same in the cpu and gpu profiles: a GPU would not make them faster.
+#
+# cpu (2 cores, estimate from the smoke/cpu step counts and FACTS.md's ~3-5 s per LoRA step of
+# this size): 1 + 2 x 6 worker trials x 4 steps + 3 Trainer trials x 4 steps + 2 final runs x 12
+# steps = 88 real steps (~5 min), the tiny studies ~2 min, evaluations and process start-up
+# ~1.5 min: about 9 minutes, within the 10-minute target.
+#
+# gpu (Colab T4, assuming 4 TFLOP/s sustained fp32, the low end of 4-8): a training step is
+# ~6 x 135e6 params x (16 x ~40 tokens) = 5.2e11 FLOPs = 0.13 s (LoRA's backward is cheaper; call
+# it 0.2 s with overheads). Real steps: 1 x 60 + 2 x 20 trials x 60 + 10 Trainer trials x 60 +
+# 2 final runs x 200 = 3,460 steps = ~8-12 min; per-trial validation with per-example losses
+# (200 single-example forward passes, ~3 s) x 41 trials = ~2 min; test exact match (300 dates)
+# x 4 = ~1 min; the tiny studies as on the cpu, ~2 min (Colab's 2 vCPUs). About 15-17 minutes in
+# all. Memory: three processes (notebook + 2 workers) each hold the 0.54 GB fp32 model, LoRA
+# adapters and their AdamW state (a few MB) and activations of 16 x ~40 tokens (well under 1 GB),
+# plus a CUDA context each (~0.3-0.5 GB): under 5 GB of the T4's 15 GB.
 SIZES = {
     "smoke": {
         "n_train": 32, "n_val": 8, "real_steps": 2, "real_batch_size": 2,
@@ -54,7 +68,7 @@ SIZES = {
         "pruning_trials": 6, "pruning_seeds": 1, "pruning_steps": 6, "pruning_eval_every": 2,
         "trainer_trials": 2, "trainer_steps": 2,
         "parallel_trials": 2, "parallel_workers": 2,
-        "data_sizes": (0, 2, 4), "final_steps": 2,
+        "final_steps": 2,
     },
     "cpu": {
         "n_train": 256, "n_val": 16, "real_steps": 4, "real_batch_size": 4,
@@ -62,17 +76,20 @@ SIZES = {
         "pruning_trials": 16, "pruning_seeds": 2, "pruning_steps": 40, "pruning_eval_every": 8,
         "trainer_trials": 3, "trainer_steps": 4,
         "parallel_trials": 6, "parallel_workers": 2,
-        "data_sizes": (0, 16, 48), "final_steps": 12,
+        "final_steps": 12,
     },
     "gpu": {
         "n_train": 2000, "n_val": 200, "real_steps": 60, "real_batch_size": 16,
-        "grid_points": {"lr": 3, "steps": 3, "warmup_fraction": 3}, "strategy_seeds": 5, "tiny_steps": (20, 120),
-        "pruning_trials": 40, "pruning_seeds": 3, "pruning_steps": 120, "pruning_eval_every": 20,
+        # the tiny stand-in runs on the CPU: the same sizes as the cpu profile
+        "grid_points": {"lr": 4, "steps": 2, "warmup_fraction": 2}, "strategy_seeds": 3, "tiny_steps": (10, 50),
+        "pruning_trials": 16, "pruning_seeds": 2, "pruning_steps": 40, "pruning_eval_every": 8,
         "trainer_trials": 10, "trainer_steps": 60,
         "parallel_trials": 20, "parallel_workers": 2,
-        "data_sizes": (0, 32, 128, 512, 2000), "final_steps": 200,
+        "final_steps": 200,
     },
 }
+CPU_ONLY_SIZES = ("grid_points", "strategy_seeds", "tiny_steps", "pruning_trials", "pruning_seeds",
+                  "pruning_steps", "pruning_eval_every")
 
 HYPERPARAMETERS = ("lr", "batch_size", "steps", "warmup_fraction", "lora_rank")
 # What one would try without a search: the learning rate of the QLoRA paper's recipe (2e-4),

@@ -10,7 +10,7 @@ from course_lib.checks import hpo as checks
 import pandas as pd
 
 from course_lib.claims import INCONCLUSIVE
-from course_lib.hpo import (HYPERPARAMETERS, SIZES, SearchData, TaskObjective, accuracy_by_train_size,
+from course_lib.hpo import (CPU_ONLY_SIZES, HYPERPARAMETERS, SIZES, SearchData, TaskObjective, accuracy_by_train_size,
                             check_train_sizes, lora_model_factory, make_search_data, tiny_model_factory,
                             train_with_params)
 from course_lib.hpo_article import NOT_RUN, any_attempt_ran_cleanly, article_grid_search_errors
@@ -425,6 +425,9 @@ def test_chapter_constants_name_what_the_code_accepts():
         make_pruner(name, max_steps=10)
     assert driver_package("postgresql+psycopg2://u@h/db") == DRIVER_PACKAGES["psycopg2"]
     assert sorted(SIZES) == ["cpu", "gpu", "smoke"]
+    # the tiny stand-in's trials run on the CPU: they must not grow with the gpu profile
+    assert all(SIZES["gpu"][key] == SIZES["cpu"][key] for key in CPU_ONLY_SIZES)
+    assert "final_steps" in SIZES["gpu"] and SIZES["gpu"]["real_steps"] > SIZES["cpu"]["real_steps"]
 
 
 # --------------------------------------------------------------------------- workers

@@ -1,30 +1,24 @@
-"""Hyperparameter search with Optuna: a search space, an objective that fine-tunes and validates,
-samplers, pruners, and storage that several workers can share.
+"""The objective of a hyperparameter search: data split for a search, fresh models for trials,
+training with a trial's values, and the validation loss it returns.
 
-A search needs five things, and this module gives each one a name:
-
-* a **search space**: ``{"lr": Range(1e-5, 1e-2, log=True), "lora_rank": Choice([4, 8]), ...}``
-  (:class:`Range`, :class:`Choice`, checked by :func:`validate_space`);
-* an **objective**: :class:`TaskObjective` trains a *fresh* model with the trial's hyperparameters
-  on the training examples and returns the validation loss; it reports intermediate validation
-  losses so that a pruner can stop bad trials early;
-* a **fixed validation split** carved from the training data (:func:`make_search_data`), never
-  the test split, which is kept for the final, single evaluation;
-* a **sampler** (:func:`make_sampler`: grid, random or TPE) and optionally a **pruner**
-  (:func:`make_pruner`: median or Hyperband);
-* a **budget** of trials, run by :func:`run_study`, which checks everything (space, budget,
-  storage) before the first trial trains.
-
-Comparisons are read against their noise: :func:`sampler_summary` and :func:`sampler_verdict`
-(a sampler's lead only counts if it is larger than the spread across seeds),
-:func:`pruner_verdict` (decided seed by seed).
+A search needs five things (chapter 01): a **search space** (:mod:`course_lib.search_space`),
+an **objective** (:class:`TaskObjective`: trains a *fresh* model with the trial's
+hyperparameters and returns the validation loss, reporting intermediate losses so that a pruner
+can stop bad trials early), a **fixed validation split** carved from the training data
+(:func:`make_search_data`; the test split is kept for the final, single evaluation), a
+**sampler** and optionally a **pruner**, run within a **budget** of trials
+(:mod:`course_lib.hpo_studies`). Results are read against their noise in
+:mod:`course_lib.study_analysis`; workers sharing one storage are in :mod:`course_lib.hpo_workers`,
+the one-call ``Trainer.hyperparameter_search`` route in :mod:`course_lib.hpo_trainer`.
 
 Hyperparameters the objective understands (:data:`HYPERPARAMETERS`): ``lr``, ``batch_size``,
 ``steps``, ``warmup_fraction`` (warm-up steps = round(fraction * steps)) and ``lora_rank``
 (passed to the model factory). Each is either searched (in the space) or fixed.
 
-Running several worker processes on one shared storage is in :mod:`course_lib.hpo_workers`; the
-one-call ``transformers.Trainer.hyperparameter_search`` route in :mod:`course_lib.hpo_trainer`.
+Devices: models from :func:`lora_model_factory` stay on the base model's device (the chosen
+device for the real model); :func:`tiny_model_factory` builds its stand-in on the CPU on
+purpose (its trials are too small to gain from a GPU), so those sizes do not grow with the gpu
+profile. Training and evaluation move every batch to the model's device.
 """
 
 from __future__ import annotations
@@ -35,20 +29,38 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import answer_loss
+from .metrics import answer_loss, exact_match
+from .search_space import suggest, validate_space
 from .tasks import Example, make_task
 from .training import task_batches, train
 
-# Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task;
-# the strategy and pruning comparisons use a tiny stand-in model (see ``tiny_model_factory``).
-# ``data_sizes``: every size is a multiple of ``real_batch_size`` and the largest is at most
-# ``final_steps * real_batch_size``, so the final training sees every one of its examples
-# (``accuracy_by_train_size`` checks it).
+__all__ = ["SIZES", "CPU_ONLY_SIZES", "HYPERPARAMETERS", "SearchData", "make_search_data", "lora_model_factory",
+           "tiny_model_factory", "train_with_params", "TaskObjective", "UNTUNED_DEFAULTS", "fine_tune_and_score",
+           "check_train_sizes", "accuracy_by_train_size"]
+
+# Chapter sizes. Real-model trials are LoRA fine-tunings of SmolLM2-135M on the date task, on the
+# chosen device; the strategy and pruning comparisons use a tiny stand-in model built on the CPU on
+# purpose (``tiny_model_factory``), so their sizes (grid_points ... pruning_eval_every) are the
+# same in the cpu and gpu profiles: a GPU would not make them faster.
+#
+# cpu (2 cores, estimate from the smoke/cpu step counts and FACTS.md's ~3-5 s per LoRA step of
+# this size): 1 + 2 x 6 worker trials x 4 steps + 3 Trainer trials x 4 steps + 2 final runs x 12
+# steps = 88 real steps (~5 min), the tiny studies ~2 min, evaluations and process start-up
+# ~1.5 min: about 9 minutes, within the 10-minute target.
+#
+# gpu (Colab T4, assuming 4 TFLOP/s sustained fp32, the low end of 4-8): a training step is
+# ~6 x 135e6 params x (16 x ~40 tokens) = 5.2e11 FLOPs = 0.13 s (LoRA's backward is cheaper; call
+# it 0.2 s with overheads). Real steps: 1 x 60 + 2 x 20 trials x 60 + 10 Trainer trials x 60 +
+# 2 final runs x 200 = 3,460 steps = ~8-12 min; per-trial validation with per-example losses
+# (200 single-example forward passes, ~3 s) x 41 trials = ~2 min; test exact match (300 dates)
+# x 4 = ~1 min; the tiny studies as on the cpu, ~2 min (Colab's 2 vCPUs). About 15-17 minutes in
+# all. Memory: three processes (notebook + 2 workers) each hold the 0.54 GB fp32 model, LoRA
+# adapters and their AdamW state (a few MB) and activations of 16 x ~40 tokens (well under 1 GB),
+# plus a CUDA context each (~0.3-0.5 GB): under 5 GB of the T4's 15 GB.
 SIZES = {
     "smoke": {
         "n_train": 32, "n_val": 8, "real_steps": 2, "real_batch_size": 2,
@@ -56,7 +68,7 @@ SIZES = {
         "pruning_trials": 6, "pruning_seeds": 1, "pruning_steps": 6, "pruning_eval_every": 2,
         "trainer_trials": 2, "trainer_steps": 2,
         "parallel_trials": 2, "parallel_workers": 2,
-        "data_sizes": (0, 2, 4), "final_steps": 2,
+        "final_steps": 2,
     },
     "cpu": {
         "n_train": 256, "n_val": 16, "real_steps": 4, "real_batch_size": 4,
@@ -64,146 +76,27 @@ SIZES = {
         "pruning_trials": 16, "pruning_seeds": 2, "pruning_steps": 40, "pruning_eval_every": 8,
         "trainer_trials": 3, "trainer_steps": 4,
         "parallel_trials": 6, "parallel_workers": 2,
-        "data_sizes": (0, 16, 48), "final_steps": 12,
+        "final_steps": 12,
     },
     "gpu": {
         "n_train": 2000, "n_val": 200, "real_steps": 60, "real_batch_size": 16,
-        "grid_points": {"lr": 3, "steps": 3, "warmup_fraction": 3}, "strategy_seeds": 5, "tiny_steps": (20, 120),
-        "pruning_trials": 40, "pruning_seeds": 3, "pruning_steps": 120, "pruning_eval_every": 20,
+        # the tiny stand-in runs on the CPU: the same sizes as the cpu profile
+        "grid_points": {"lr": 4, "steps": 2, "warmup_fraction": 2}, "strategy_seeds": 3, "tiny_steps": (10, 50),
+        "pruning_trials": 16, "pruning_seeds": 2, "pruning_steps": 40, "pruning_eval_every": 8,
         "trainer_trials": 10, "trainer_steps": 60,
         "parallel_trials": 20, "parallel_workers": 2,
-        "data_sizes": (0, 32, 128, 512, 2000), "final_steps": 200,
+        "final_steps": 200,
     },
 }
+CPU_ONLY_SIZES = ("grid_points", "strategy_seeds", "tiny_steps", "pruning_trials", "pruning_seeds",
+                  "pruning_steps", "pruning_eval_every")
 
 HYPERPARAMETERS = ("lr", "batch_size", "steps", "warmup_fraction", "lora_rank")
+# What one would try without a search: the learning rate of the QLoRA paper's recipe (2e-4),
+# rank 8, no warm-up. Chapter 01 trains it with the tuned configuration's budget, side by side.
+UNTUNED_DEFAULTS = {"lr": 2e-4, "warmup_fraction": 0.0, "lora_rank": 8}
 _REQUIRED = ("lr", "batch_size", "steps")
 _DEFAULTS = {"warmup_fraction": 0.0}
-
-
-# --------------------------------------------------------------------------- search space
-
-
-@dataclass(frozen=True)
-class Range:
-    """A numeric interval ``[low, high]`` for one hyperparameter.
-
-    ``log=True`` samples ``log(x)`` uniformly (right for learning rates, which matter by factors
-    of ten, not by additive steps); ``integer=True`` gives integers (``trial.suggest_int``).
-    """
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A finite set of options (``trial.suggest_categorical``)."""
-
-    options: tuple
-
-    def __init__(self, options):
-        object.__setattr__(self, "options", tuple(options))
-
-
-def validate_space(space: dict) -> None:
-    """Raise a ValueError naming the first problem in a search space, before anything trains.
-
-    A space maps names to :class:`Range` or :class:`Choice`. Problems: an empty space; a range
-    with ``low >= high`` (empty or inverted: swap the bounds, or fix the value instead of
-    searching it); a non-finite bound; ``log=True`` with ``low <= 0``; an integer range with
-    non-integer bounds; a choice without options.
-    """
-    if not isinstance(space, dict) or not space:
-        raise ValueError("The search space is empty: give at least one hyperparameter, "
-                         "e.g. {'lr': Range(1e-5, 1e-2, log=True)}.")
-    for name, dist in space.items():
-        if isinstance(dist, Range):
-            if not (math.isfinite(dist.low) and math.isfinite(dist.high)):
-                raise ValueError(f"Search range {name!r} has a non-finite bound: [{dist.low}, {dist.high}].")
-            if dist.low > dist.high:
-                raise ValueError(f"Search range {name!r} is inverted: low={dist.low} > high={dist.high}. "
-                                 f"Swap them: Range({dist.high}, {dist.low}).")
-            if dist.low == dist.high:
-                raise ValueError(f"Search range {name!r} is empty: low == high == {dist.low}. Widen it, or "
-                                 "pass the value in `fixed` instead of searching it.")
-            if dist.log and dist.low <= 0:
-                raise ValueError(f"Search range {name!r} is log-scaled but low={dist.low} <= 0; "
-                                 "a log scale needs positive bounds.")
-            if dist.integer and (int(dist.low) != dist.low or int(dist.high) != dist.high):
-                raise ValueError(f"Integer range {name!r} needs integer bounds, got [{dist.low}, {dist.high}].")
-        elif isinstance(dist, Choice):
-            if not dist.options:
-                raise ValueError(f"Choice {name!r} has no options: give at least one.")
-        else:
-            raise ValueError(f"Search space entry {name!r} must be a Range or a Choice, got {type(dist).__name__}.")
-
-
-def suggest(trial, space: dict) -> dict:
-    """Ask ``trial`` for one value of every hyperparameter in ``space`` (Optuna's suggest API)."""
-    params = {}
-    for name, dist in space.items():
-        if isinstance(dist, Choice):
-            params[name] = trial.suggest_categorical(name, list(dist.options))
-        elif dist.integer:
-            params[name] = trial.suggest_int(name, int(dist.low), int(dist.high), log=dist.log)
-        else:
-            params[name] = trial.suggest_float(name, float(dist.low), float(dist.high), log=dist.log)
-    return params
-
-
-def grid_values(space: dict, points: int | dict = 3) -> dict[str, list]:
-    """The grid a ``GridSampler`` walks: ``points`` evenly spaced values per range (log-spaced when
-    ``log=True``; integers rounded and deduplicated), every option of a choice.
-
-    ``points`` is one count for all ranges or a ``{name: count}`` dict. The grid has
-    ``grid_size(grid)`` = the product of the axis lengths points.
-    """
-    validate_space(space)
-    grid = {}
-    for name, dist in space.items():
-        if isinstance(dist, Choice):
-            grid[name] = list(dist.options)
-            continue
-        n = points[name] if isinstance(points, dict) else points
-        if n < 2:
-            raise ValueError(f"A grid needs at least 2 points per range; {name!r} got {n}.")
-        if dist.log:
-            lo, hi = math.log(dist.low), math.log(dist.high)
-            values = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
-            values[0], values[-1] = dist.low, dist.high  # exactly, not exp(log(x)) rounded
-        else:
-            values = [dist.low + (dist.high - dist.low) * i / (n - 1) for i in range(n)]
-        if dist.integer:
-            values = sorted({int(round(v)) for v in values})
-        grid[name] = values
-    return grid
-
-
-def grid_size(grid: dict[str, list]) -> int:
-    """Number of points of a grid: the product of its axis lengths."""
-    return math.prod(len(v) for v in grid.values())
-
-
-def space_to_dict(space: dict) -> dict:
-    """A JSON-ready description of a space (for worker processes); :func:`space_from_dict` inverts it."""
-    out = {}
-    for name, dist in space.items():
-        if isinstance(dist, Choice):
-            out[name] = {"options": list(dist.options)}
-        else:
-            out[name] = {"low": dist.low, "high": dist.high, "log": dist.log, "integer": dist.integer}
-    return out
-
-
-def space_from_dict(data: dict) -> dict:
-    """Rebuild a space written by :func:`space_to_dict` (and validate it)."""
-    space = {name: Choice(d["options"]) if "options" in d else Range(d["low"], d["high"], d["log"], d["integer"])
-             for name, d in data.items()}
-    validate_space(space)
-    return space
 
 
 # --------------------------------------------------------------------------- data
@@ -322,7 +215,9 @@ class TaskObjective:
     training (the callback returns True) and raises ``optuna.TrialPruned``.
 
     Each trial records user attributes: ``steps_planned``, ``steps_run``, ``train_seconds``,
-    ``pid``. A diverging run (non-finite loss) raises ``FloatingPointError``; :func:`run_study`
+    ``pid``, and with ``record_example_losses=True`` also ``val_losses``, the answer loss of each
+    validation example alone (for a bootstrap of the validation noise,
+    :func:`course_lib.study_analysis.bootstrap_best_share`). A diverging run (non-finite loss) raises ``FloatingPointError``; :func:`run_study`
     records it as a failed trial and goes on.
     """
 
@@ -336,6 +231,7 @@ class TaskObjective:
     eval_batch_size: int = 16
     seed: int = 0
     progress: bool = False
+    record_example_losses: bool = False
 
     def __post_init__(self):
         validate_space(self.space)
@@ -391,6 +287,8 @@ class TaskObjective:
         if pruned_at:
             raise optuna.TrialPruned(f"pruned at step {pruned_at[0]} of {steps}")
         value = answer_loss(model, self.tokenizer, self.val_examples, self.eval_batch_size)
+        if self.record_example_losses:
+            trial.set_user_attr("val_losses", [answer_loss(model, self.tokenizer, [e], 1) for e in self.val_examples])
         if self.eval_every:
             trial.report(value, steps)
         return value
@@ -401,364 +299,16 @@ class TaskObjective:
         return replace(self, seed=seed)
 
 
-# --------------------------------------------------------------------------- samplers, pruners, studies
-
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = (None, "median", "hyperband")
-
-
-def make_sampler(name: str, seed: int = 0, grid: dict | None = None, n_startup_trials: int = 4):
-    """An Optuna sampler: ``"grid"`` (needs ``grid``, e.g. from :func:`grid_values`),
-    ``"random"``, or ``"tpe"`` (Tree-structured Parzen Estimator; its first ``n_startup_trials``
-    trials are random, Optuna's default of 10 would make a short study purely random)."""
-    import optuna
-
-    if name == "grid":
-        if not grid:
-            raise ValueError("The grid sampler needs a grid: make_sampler('grid', grid=grid_values(space, 3)).")
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    raise ValueError(f"Unknown sampler {name!r}; use one of {SAMPLERS}.")
-
-
-def make_pruner(name: str | None, max_steps: int | None = None, eval_every: int = 1, n_startup_trials: int = 4):
-    """An Optuna pruner: None (never prune), ``"median"`` (stop a trial whose intermediate value
-    is worse than the median of earlier trials at the same step, after ``n_startup_trials``
-    trials) or ``"hyperband"`` (successive halving over budgets from ``eval_every`` to ``max_steps``
-    steps, reduction factor 3)."""
-    import optuna
-
-    if name is None:
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=0)
-    if name == "hyperband":
-        if not max_steps:
-            raise ValueError("The Hyperband pruner needs max_steps, the most steps a trial can run.")
-        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=max_steps, reduction_factor=3)
-    raise ValueError(f"Unknown pruner {name!r}; use one of {PRUNERS}.")
-
-
-def open_storage(storage: str | None, heartbeat_s: int | None = None):
-    """Open (and so check) an Optuna storage before anything trains.
-
-    * None: in memory (one process only);
-    * a file path (no ``://``): a journal file, ``JournalStorage(JournalFileBackend(path))``,
-      safe for several processes on one machine or a shared file system;
-    * ``sqlite:///path.db``, ``postgresql://user:pw@host/db``, ``mysql+pymysql://...``: a
-      relational database (``RDBStorage``), the way to share a study across machines.
-
-    ``heartbeat_s`` (databases only): each running trial writes a heartbeat every ``heartbeat_s``
-    seconds; a trial silent for ``2 * heartbeat_s`` (its worker died) is marked failed and
-    re-queued once (``RetryHeartbeatStaleTrialCallback(max_retry=1)``), so a lost machine loses no trial.
-
-    Raises:
-        ValueError: the folder does not exist, the database driver is not installed, or the
-            server cannot be reached (5-second connection timeout), with what to do.
-    """
-    import optuna
-
-    if storage is None:
-        return optuna.storages.InMemoryStorage()
-    if not isinstance(storage, str) or not storage.strip():
-        raise ValueError(f"storage must be None, a journal file path or a database URL, got {storage!r}.")
-    if heartbeat_s is not None and ("://" not in storage or heartbeat_s < 1):
-        raise ValueError("heartbeat_s is a positive number of seconds, for database storage URLs only.")
-    if "://" not in storage:
-        path = Path(storage).expanduser()
-        if not path.parent.is_dir():
-            raise ValueError(f"Cannot create the journal file {path}: folder {path.parent} does not exist.")
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        try:
-            return JournalStorage(JournalFileBackend(str(path)))
-        except OSError as err:
-            raise ValueError(f"Cannot open the journal file {path}: {err}.") from None
-    scheme = storage.split("://", 1)[0]
-    if scheme.startswith("sqlite"):
-        target = storage.split("://", 1)[1].lstrip("/") if storage.startswith("sqlite:///") else ""
-        folder = Path("/" + target if storage.startswith("sqlite:////") else target).expanduser().parent
-        if target and not folder.is_dir():
-            raise ValueError(f"Cannot open {storage}: folder {folder} does not exist.")
-    kwargs = {}
-    if scheme.startswith(("postgresql", "mysql")):
-        kwargs = {"connect_args": {"connect_timeout": 5}}
-    heartbeat = {}
-    if heartbeat_s is not None:
-        heartbeat = dict(heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    try:
-        return optuna.storages.RDBStorage(storage, engine_kwargs=kwargs or None, **heartbeat)
-    except ImportError as err:  # optuna re-raises a missing driver as ImportError
-        cause = err.__cause__ if isinstance(err.__cause__, ImportError) else err
-        driver = getattr(cause, "name", None) or "its database driver"
-        package = driver_package(storage)
-        advice = f"pip install '{package}'" if package else "install the database driver the URL names"
-        raise ValueError(f"Storage {storage!r} needs {driver!r}, which is not installed: {advice}.") from None
-    except Exception as err:  # sqlalchemy's OperationalError and friends
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"Cannot reach the Optuna storage {storage!r}: {first}. Check the host, port, "
-                         "credentials and that the database exists.") from None
-
-
-# SQLAlchemy's name of a database driver -> the pip package that provides it.
-DRIVER_PACKAGES = {
-    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
-    "pymysql": "pymysql", "mysqldb": "mysqlclient", "mysqlconnector": "mysql-connector-python",
-    "mariadbconnector": "mariadb", "pysqlite": None,
-}
-
-
-def driver_package(url: str) -> str | None:
-    """The pip package of the database driver a storage URL uses, as SQLAlchemy resolves it.
-
-    ``postgresql+psycopg2://`` needs ``psycopg2-binary``; with SQLAlchemy 2.1 a plain
-    ``postgresql://`` (like ``postgresql+psycopg://``) uses psycopg 3, ``psycopg[binary]``;
-    ``mysql+pymysql://`` needs ``pymysql``, a plain ``mysql://`` ``mysqlclient``. None for
-    SQLite (built into Python) and for anything that is not a database URL.
-    """
-    if "://" not in url:
-        return None
-    scheme = url.split("://", 1)[0]
-    try:
-        from sqlalchemy.engine import make_url
-
-        driver = make_url(url).get_dialect().driver
-    except Exception:  # an unknown dialect: fall back to the name after "+"
-        driver = scheme.split("+", 1)[1] if "+" in scheme else None
-    if driver is None:
-        return None
-    return DRIVER_PACKAGES.get(driver, driver)
-
-
-def check_budget(n_trials) -> int:
-    """``n_trials`` as a positive int, else a ValueError (a study of zero trials learns nothing)."""
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"The budget must be a positive number of trials, got {n_trials!r}.")
-    return n_trials
-
-
-def run_study(objective: Callable, n_trials: int, sampler=None, pruner=None, storage: str | None = None,
-              study_name: str | None = None, progress: bool = True, desc: str = "trials"):
-    """Create a study (minimising), run ``n_trials`` trials of ``objective``, return the study.
-
-    Checks the budget and opens the storage first, so bad input fails before any training.
-    Diverging trials (``FloatingPointError``) are recorded as failed and the study goes on.
-    Each trial's wall time is in ``trial.duration``.
-    """
-    import optuna
-
-    check_budget(n_trials)
-    store = open_storage(storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner, storage=store,
-                                study_name=study_name, load_if_exists=study_name is not None)
-    bar = tqdm(total=n_trials, desc=desc, disable=not progress)
-
-    def tick(study, trial):
-        bar.update(1)
-        if study.best_trials:
-            bar.set_postfix(best=f"{study.best_value:.4f}")
-
-    try:
-        study.optimize(objective, n_trials=n_trials, catch=(FloatingPointError,), callbacks=[tick])
-    finally:
-        bar.close()
-    return study
-
-
-# --------------------------------------------------------------------------- reading studies
-
-
-def best_so_far(study) -> list[float]:
-    """For trial 1..n (in order), the best value among completed trials so far (NaN before the first)."""
-    from optuna.trial import TrialState
-
-    best, out = math.inf, []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and t.value < best:
-            best = t.value
-        out.append(best if best < math.inf else math.nan)
-    return out
-
-
-def study_cost(study) -> dict:
-    """What a study spent: trials by state, training steps run vs planned, and seconds.
-
-    ``compute_saved = 1 - steps_run / steps_planned``: the share of the training steps that
-    pruning (or divergence) did not run. ``seconds`` sums the trials' wall times (evaluations
-    for pruning included).
-    """
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    planned = sum(t.user_attrs.get("steps_planned", 0) for t in trials)
-    run = sum(t.user_attrs.get("steps_run", 0) for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return {
-        "trials": len(trials),
-        "complete": len(complete),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": sum(t.state == TrialState.FAIL for t in trials),
-        "steps_planned": planned,
-        "steps_run": run,
-        "compute_saved": 1 - run / planned if planned else 0.0,
-        "seconds": sum(t.duration.total_seconds() for t in trials if t.duration is not None),
-        "best": min((t.value for t in complete), default=math.nan),
-    }
-
-
-def compare_samplers(objective: TaskObjective, n_trials: int, seeds: list[int], grid: dict,
-                     samplers=SAMPLERS, n_startup_trials: int = 4, progress: bool = True):
-    """Run every sampler with every seed at the same budget of ``n_trials`` trials.
-
-    The seed sets both the sampler and the objective's training seed, so the spread across
-    seeds includes training noise. Returns a pandas DataFrame with one row per trial:
-    ``sampler, seed, trial, value, best_so_far, steps, params``.
-    """
-    import pandas as pd
-
-    check_budget(n_trials)
-    if not seeds:
-        raise ValueError("compare_samplers needs at least one seed.")
-    if "grid" in samplers and grid_size(grid) != n_trials:
-        raise ValueError(f"The grid has {grid_size(grid)} points but the budget is {n_trials} trials; "
-                         "choose grid points whose product equals the budget, for a fair comparison.")
-    rows = []
-    runs = [(s, seed) for s in samplers for seed in seeds]
-    for name, seed in tqdm(runs, desc="studies", disable=not progress):
-        sampler = make_sampler(name, seed=seed, grid=grid, n_startup_trials=n_startup_trials)
-        study = run_study(objective.with_seed(seed), n_trials, sampler=sampler, progress=False)
-        curve = best_so_far(study)
-        for t, best in zip(sorted(study.get_trials(deepcopy=False), key=lambda t: t.number), curve):
-            rows.append({"sampler": name, "seed": seed, "trial": t.number + 1, "value": t.value,
-                         "best_so_far": best, "steps": t.user_attrs.get("steps_run", 0),
-                         "params": dict(t.params)})
-    return pd.DataFrame(rows)
-
-
-def compare_pruners(objective: TaskObjective, n_trials: int, seeds: list[int], pruners=PRUNERS,
-                    sampler: str = "tpe", n_startup_trials: int = 4, progress: bool = True):
-    """Run the same search (sampler, seed, budget) with each pruner.
-
-    Returns ``(table, studies)``: a DataFrame with one row per study, :func:`study_cost`'s columns
-    plus ``pruner``, ``seed`` and ``time_saved`` = 1 - this study's trial seconds / the unpruned
-    study's (same seed); and the studies themselves, keyed ``(pruner, seed)``. Without a pruner the
-    objective makes no intermediate evaluations (``eval_every=0``), so the baseline pays only for
-    training. Each study has a fixed name (``"hyperband-seed-0"``...), because Hyperband assigns
-    trials to brackets by a hash of the study name: an unnamed study gets a random name, and its
-    pruning decisions would change from run to run.
-    """
-    import pandas as pd
-
-    check_budget(n_trials)
-    if not objective.eval_every:
-        raise ValueError("Pruners need intermediate values: give the objective eval_every > 0.")
-    steps = objective.fixed.get("steps")
-    if steps is None:
-        raise ValueError("Fix the number of steps (fixed={'steps': ...}) so that every trial has the same budget.")
-    rows, studies = [], {}
-    for seed in seeds:
-        for name in tqdm(list(pruners), desc=f"pruners, seed {seed}", disable=not progress):
-            obj = replace(objective, seed=seed, eval_every=objective.eval_every if name else 0)
-            study = run_study(obj, n_trials, sampler=make_sampler(sampler, seed=seed, n_startup_trials=n_startup_trials),
-                              pruner=make_pruner(name, max_steps=steps, eval_every=objective.eval_every,
-                                                 n_startup_trials=n_startup_trials), progress=False,
-                              study_name=f"{name or 'none'}-seed-{seed}")
-            rows.append({"pruner": name or "none", "seed": seed, **study_cost(study)})
-            studies[(name or "none", seed)] = study
-    df = pd.DataFrame(rows)
-    base = df[df.pruner == "none"].set_index("seed")["seconds"] if "none" in set(df.pruner) else None
-    df["time_saved"] = [1 - r.seconds / base[r.seed] if base is not None else math.nan for r in df.itertuples()]
-    return df, studies
-
-
-def sampler_summary(df):
-    """The final best value of every study of :func:`compare_samplers`, one row per sampler: a
-    column per seed, then ``mean`` over seeds and ``spread`` = max - min over seeds (how much
-    the result of one study moves with the seed alone)."""
-    if df.empty:
-        raise ValueError("sampler_summary needs the rows of compare_samplers, got an empty table.")
-    table = df.sort_values("trial").groupby(["sampler", "seed"], sort=False)["best_so_far"].last().unstack()
-    table.columns = [f"seed {c}" for c in table.columns]
-    values = table.copy()
-    table["mean"] = values.mean(axis=1)
-    table["spread"] = values.max(axis=1) - values.min(axis=1)
-    return table
-
-
-def lead_verdict(summary, better: str, worse: str):
-    """Does sampler ``better`` reach a lower mean best value than ``worse``, by more than the noise?
-
-    The noise is the larger of the two samplers' spreads across seeds (:func:`sampler_summary`):
-    a lead only counts if it is larger. True if ``mean[worse] - mean[better]`` exceeds it, False
-    if ``mean[better] - mean[worse]`` does, else ``claims.INCONCLUSIVE`` (also with fewer than
-    two seeds, when there is no spread to compare with).
-    """
-    from .claims import INCONCLUSIVE
-
-    for name in (better, worse):
-        if name not in summary.index:
-            raise ValueError(f"No sampler {name!r} in the summary; it has {list(summary.index)}.")
-    seeds = [c for c in summary.columns if str(c).startswith("seed ")]
-    if len(seeds) < 2:
-        return INCONCLUSIVE
-    lead = summary.loc[worse, "mean"] - summary.loc[better, "mean"]
-    noise = max(summary.loc[better, "spread"], summary.loc[worse, "spread"])
-    if lead > noise:
-        return True
-    if -lead > noise:
-        return False
-    return INCONCLUSIVE
-
-
-def sampler_verdict(summary, sampler: str = "tpe", rivals=("random", "grid")):
-    """Does ``sampler`` beat every one of ``rivals`` beyond the noise? :func:`lead_verdict` for each
-    rival, combined with ``claims.all_hold`` (False if it loses to one, INCONCLUSIVE if any lead
-    is within the noise)."""
-    from .claims import all_hold
-
-    if not rivals:
-        raise ValueError("sampler_verdict needs at least one rival sampler.")
-    return all_hold(*(lead_verdict(summary, sampler, rival) for rival in rivals))
-
-
-def best_change_by_seed(df, pruner: str = "hyperband"):
-    """Per seed, the relative change of the best value that ``pruner``'s study found against the
-    unpruned study of the same seed (rows of :func:`compare_pruners`): ``best / best_none - 1``
-    (positive: the pruned search ended worse). A pandas Series indexed by seed."""
-    for name in (pruner, "none"):
-        if name not in set(df.pruner):
-            raise ValueError(f"No {name!r} studies in the table; it has {sorted(set(df.pruner))}.")
-    best = df.pivot_table(index="seed", columns="pruner", values="best")
-    return best[pruner] / best["none"] - 1
-
-
-def pruner_verdict(df, pruner: str = "hyperband", tolerance: float = 0.05, min_saved: float = 0.2):
-    """Does ``pruner`` save more than ``min_saved`` of the training steps without losing the best
-    result (a best value at most ``tolerance`` worse than the unpruned search's)? Decided per seed,
-    because one seed can lose while another wins:
-
-    * saving: True if every seed saved more than ``min_saved``, False if none did;
-    * best result: True if no seed lost more than ``tolerance`` (:func:`best_change_by_seed`),
-      False if every seed did;
-    * anything mixed is ``claims.INCONCLUSIVE``; the two parts combine with ``claims.all_hold``.
-    """
-    from .claims import INCONCLUSIVE, all_hold
-
-    def every_seed(flags):
-        flags = [bool(f) for f in flags]
-        return True if all(flags) else False if not any(flags) else INCONCLUSIVE
-
-    saved = df[df.pruner == pruner]["compute_saved"]
-    if saved.empty:
-        raise ValueError(f"No {pruner!r} studies in the table; it has {sorted(set(df.pruner))}.")
-    change = best_change_by_seed(df, pruner)
-    kept = every_seed(change <= tolerance)
-    return all_hold(every_seed(saved > min_saved), kept)
+def fine_tune_and_score(make_model, params: dict, tokenizer, data: SearchData, seed: int = 0,
+                        eval_batch_size: int = 16, progress: bool = True) -> tuple[float, torch.nn.Module]:
+    """Build a model with ``make_model(params)`` after ``torch.manual_seed(seed)``, train it on
+    ``data.train`` with :func:`train_with_params` (same batches for the same ``seed`` and batch
+    size), and return ``(exact match on data.test, the trained model)``. Two configurations run
+    with the same ``steps``, ``batch_size`` and ``seed`` get the same budget and the same data."""
+    torch.manual_seed(seed)
+    model = make_model(params)
+    train_with_params(model, params, tokenizer, data.train, seed=seed, progress=progress, desc="fine-tuning")
+    return exact_match(model, tokenizer, data.test, batch_size=eval_batch_size, progress=False), model
 
 
 def check_train_sizes(train_sizes, n_available: int, steps: int, batch_size: int) -> list[int]:
@@ -801,8 +351,6 @@ def accuracy_by_train_size(make_model, params: dict, tokenizer, data: SearchData
         ValueError: a size outside ``[0, len(data.train)]``, not a multiple of the batch size, or
             larger than ``steps * batch_size``; or ``params`` lacks ``steps`` or ``batch_size``.
     """
-    from .metrics import exact_match
-
     missing = [k for k in _REQUIRED if k not in params]
     if missing:
         raise ValueError(f"params lacks {missing}; it needs {list(_REQUIRED)}.")
@@ -815,55 +363,3 @@ def accuracy_by_train_size(make_model, params: dict, tokenizer, data: SearchData
             train_with_params(model, params, tokenizer, data.train[:n], seed=seed)
         accuracy[n] = exact_match(model, tokenizer, data.test, batch_size=eval_batch_size, progress=False)
     return accuracy, model
-
-
-def plot_best_so_far(df, ax=None, ylabel: str = "best validation loss so far"):
-    """Best-so-far curves per sampler: the mean over seeds as a line, min-max over seeds shaded."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    for name, group in df.groupby("sampler", sort=False):
-        by_trial = group.groupby("trial")["best_so_far"]
-        mean, low, high = by_trial.mean(), by_trial.min(), by_trial.max()
-        line, = ax.plot(mean.index, mean.values, label=f"{name} (mean of {group['seed'].nunique()} seeds)")
-        ax.fill_between(mean.index, low.values, high.values, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax.figure
-
-
-def article_grid_search_errors(param_grid: dict) -> list[tuple[str, str]]:
-    """Run the source article's ``GridSearchCV(Trainer, param_grid, cv=3).fit(X, y)`` and what it
-    relies on, and return ``(attempt, error)`` pairs, each error caught and shown as raised.
-
-    When scikit-learn is installed the call itself is made. Either way, the two facts that make
-    it fail are checked: ``Trainer`` is a class without the estimator interface
-    (``get_params``/``set_params``/``fit``), and the grid's keys are ``TrainingArguments``
-    fields, not ``Trainer`` constructor arguments.
-    """
-    from transformers import Trainer
-
-    attempts = []
-
-    def attempt(label, fn):
-        try:
-            fn()
-            attempts.append((label, "no error"))
-        except Exception as err:
-            attempts.append((label, f"{type(err).__name__}: {err}"))
-
-    def article():
-        from sklearn.model_selection import GridSearchCV
-
-        GridSearchCV(Trainer, param_grid, cv=3).fit([[0.0]] * 6, [0, 1] * 3)
-
-    attempt("GridSearchCV(Trainer, param_grid, cv=3).fit(X_train, y_train)", article)
-    attempt("Trainer.get_params()  # what GridSearchCV calls to clone an estimator",
-            lambda: Trainer.get_params())
-    attempt("Trainer.fit  # what GridSearchCV calls to train", lambda: Trainer.fit)
-    attempt(f"Trainer(**{{{next(iter(param_grid))!r}: ...}})  # setting a grid point",
-            lambda: Trainer(**{next(iter(param_grid)): next(iter(param_grid.values()))[0]}))
-    return attempts

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import tempfile
 
-from .hpo import Choice, lora_model_factory
+from .hpo import lora_model_factory
+from .search_space import Choice
 from .tasks import Example, collate, encode_example
 from .training import trainer_arguments
+
+__all__ = ["lora_model_init", "task_trainer"]
 
 
 def lora_model_init(base_model, ranks=(4, 8, 16), default_rank: int = 8, **lora_kwargs):

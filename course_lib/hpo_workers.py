@@ -31,9 +31,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .hpo import (TaskObjective, check_budget, lora_model_factory, make_sampler,
-                  make_search_data, open_storage, space_from_dict, tiny_model_factory)
+from .claims import INCONCLUSIVE, within_tolerance
+from .hpo import TaskObjective, lora_model_factory, make_search_data, tiny_model_factory
+from .hpo_studies import check_budget, make_sampler, open_storage
+from .metrics import relative_spread
+from .search_space import space_from_dict
 from .tasks import CompactTokenizer
+
+__all__ = ["SPEC_KEYS", "objective_from_spec", "worker_main", "ParallelRun", "run_workers", "step_time_spread",
+           "check_study_integrity", "wall_time_ratio", "wall_time_verdict"]
 
 SPEC_KEYS = {"model", "task", "n_train", "n_validation", "space", "fixed", "sampler", "seed"}
 
@@ -51,7 +57,8 @@ def objective_from_spec(spec: dict) -> TaskObjective:
     "space": space_to_dict(space), "fixed": {...}, "sampler": "tpe", "seed": 0}``;
     optional ``"n_test"`` (the test size the caller used: it decides which generated examples
     are held out, so give it to get the caller's exact train/validation split),
-    ``"eval_batch_size"``, ``"target_modules"`` (LoRA) and ``"n_startup_trials"`` (TPE).
+    ``"eval_batch_size"``, ``"target_modules"`` (LoRA), ``"n_startup_trials"`` (TPE) and
+    ``"record_example_losses"`` (each trial keeps its per-example validation losses).
     ``"smollm2-135m"`` trains LoRA adapters on the real model; ``"tiny"`` a tiny stand-in model
     over the task's compact vocabulary.
     """
@@ -68,7 +75,7 @@ def objective_from_spec(spec: dict) -> TaskObjective:
         make_model = lora_model_factory(base, **kwargs)
     return TaskObjective(make_model, tokenizer, data.train, data.validation, space_from_dict(spec["space"]),
                          fixed=dict(spec["fixed"]), eval_batch_size=spec.get("eval_batch_size", 16),
-                         seed=spec["seed"])
+                         seed=spec["seed"], record_example_losses=bool(spec.get("record_example_losses", False)))
 
 
 def worker_main(argv: list[str] | None = None) -> int:
@@ -203,8 +210,6 @@ def step_time_spread(study) -> float:
     kind of work moves from trial to trial on this machine. NaN with fewer than two such trials."""
     from optuna.trial import TrialState
 
-    from .metrics import relative_spread
-
     per_step = [t.user_attrs["train_seconds"] / t.user_attrs["steps_run"] for t in study.get_trials(deepcopy=False)
                 if t.state == TrialState.COMPLETE and t.user_attrs.get("steps_run") and "train_seconds" in t.user_attrs]
     return relative_spread(per_step) if len(per_step) >= 2 else math.nan
@@ -258,8 +263,6 @@ def wall_time_verdict(single: ParallelRun, parallel: ParallelRun, target: float 
     target, False if ``ratio - noise`` misses it, else INCONCLUSIVE (also when a run has no
     spread, e.g. one trial). A failed integrity check of either run makes the claim False.
     """
-    from .claims import INCONCLUSIVE, within_tolerance
-
     ratio = wall_time_ratio(single, parallel)
     if not (single.integrity.get("ok") and parallel.integrity.get("ok")):
         return False

@@ -72,6 +72,35 @@ def test_parameter_count_checker(capsys):
     assert "tied embedding twice" in capsys.readouterr().out
 
 
+def test_perplexity_checker_separates_the_usual_mistakes(capsys):
+    def nll(logits, ids):  # per predicted token, shifted as it should be
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), ids[:, 1:].reshape(-1),
+                               reduction="none").view(ids.shape[0], -1)
+
+    mistakes = {
+        "mean of per-row perplexities": (lambda lg, ids: nll(lg, ids).mean(1).exp().mean().item(), "one perplexity per row"),
+        "first row only": (lambda lg, ids: nll(lg, ids)[0].mean().exp().item(), "only the first row"),
+        "softmax over positions": (lambda lg, ids: math.exp(-F.log_softmax(lg[:, :-1].double(), dim=1).gather(
+            -1, ids[:, 1:, None]).mean().item()), "dim=-1"),
+        "base 2": (lambda lg, ids: 2 ** nll(lg, ids).mean().item(), "natural exponential"),
+        "sum, not mean": (lambda lg, ids: nll(lg, ids).sum().item(), "average"),
+    }
+    for label, (fn, hint) in mistakes.items():
+        capsys.readouterr()
+        assert not check_perplexity_from_logits(fn), label
+        assert hint in capsys.readouterr().out, label
+
+
+def test_parameter_count_checker_refuses_counting_only_trainable_parameters(capsys):
+    capsys.readouterr()
+    assert not check_count_unique_parameters(lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad))
+    assert "only trainable" in capsys.readouterr().out
+    capsys.readouterr()
+    assert not check_count_unique_parameters(
+        lambda m: sum(p.numel() for n, p in m.named_parameters() if "embed" not in n))
+    assert "embedding" in capsys.readouterr().out
+
+
 def test_claim_table_computes_verdicts():
     import pytest
 

@@ -12,12 +12,22 @@ from course_lib.checks import hpo as checks
 import pandas as pd
 
 from course_lib.claims import INCONCLUSIVE
-from course_lib.hpo import Choice, Range, SearchData, TaskObjective, accuracy_by_train_size, article_grid_search_errors, best_change_by_seed, best_so_far, check_budget, check_train_sizes, compare_pruners, compare_samplers, driver_package, grid_size, grid_values, lead_verdict, lora_model_factory, make_pruner, make_sampler, make_search_data, open_storage, plot_best_so_far, pruner_verdict, run_study, sampler_summary, sampler_verdict, space_from_dict, space_to_dict, study_cost, suggest, tiny_model_factory, train_with_params, validate_space
+from course_lib.hpo import (CPU_ONLY_SIZES, HYPERPARAMETERS, SIZES, SearchData, TaskObjective, accuracy_by_train_size,
+                            check_train_sizes, lora_model_factory, make_search_data, tiny_model_factory,
+                            train_with_params)
+from course_lib.hpo_article import NOT_RUN, any_attempt_ran_cleanly, article_grid_search_errors
+from course_lib.hpo_studies import (DRIVER_PACKAGES, PRUNERS, SAMPLERS, best_so_far, check_budget, compare_pruners,
+                                    compare_samplers, driver_package, make_pruner, make_sampler, open_storage,
+                                    run_study, study_cost)
+from course_lib.search_space import (Choice, Range, grid_size, grid_values, space_from_dict, space_to_dict, suggest,
+                                     validate_space)
+from course_lib.study_analysis import (best_change_by_seed, lead_verdict, plot_best_so_far, pruner_verdict,
+                                       sampler_summary, sampler_verdict)
 from course_lib.device import torch_threads
 from course_lib.tasks import CompactTokenizer
 from course_lib.metrics import answer_loss
 from course_lib.hpo_trainer import lora_model_init, task_trainer
-from course_lib.hpo_workers import (ParallelRun, check_study_integrity, objective_from_spec, run_workers,
+from course_lib.hpo_workers import (SPEC_KEYS, ParallelRun, check_study_integrity, objective_from_spec, run_workers,
                                     step_time_spread, wall_time_ratio, wall_time_verdict, worker_main)
 from course_lib.metrics import exact_match
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
@@ -397,11 +407,33 @@ def test_torch_threads_restores_the_count():
             pass
 
 
-def test_article_code_fails_and_the_reasons_are_shown():
-    attempts = dict(article_grid_search_errors({"learning_rate": [1e-5, 1e-4], "num_train_epochs": [1, 2]}))
-    assert len(attempts) == 4 and all(error != "no error" for error in attempts.values())
-    assert any("get_params" in e for e in attempts.values())
-    assert any("learning_rate" in e for e in attempts.values())
+def test_article_code_fails_and_the_reasons_are_shown_without_scikit_learn():
+    grid = {"learning_rate": [1e-5, 1e-4], "num_train_epochs": [1, 2]}
+    attempts = article_grid_search_errors(grid, with_sklearn=False)
+    assert len(attempts) == 4
+    assert "get_params" in attempts[0][1] and attempts[0][1].startswith("AttributeError")
+    assert "set_params" in attempts[1][1]
+    assert "learning_rate" in attempts[2][1] and attempts[2][1].startswith("TypeError")
+    assert attempts[3][1].startswith(NOT_RUN) and "scikit-learn" in attempts[3][1]
+    assert any_attempt_ran_cleanly(attempts) is False
+    assert any_attempt_ran_cleanly([("a", "no error"), ("b", f"{NOT_RUN}: skipped")]) is True
+    with pytest.raises(ValueError, match="nothing to judge"):
+        any_attempt_ran_cleanly([("b", f"{NOT_RUN}: skipped")])
+    with pytest.raises(ValueError, match="param_grid"):
+        article_grid_search_errors({})
+
+
+def test_chapter_constants_name_what_the_code_accepts():
+    assert set(HYPERPARAMETERS) >= {"lr", "batch_size", "steps"}
+    for name in SAMPLERS:
+        make_sampler(name, grid={"lr": [1e-3, 1e-2]})
+    for name in PRUNERS:
+        make_pruner(name, max_steps=10)
+    assert driver_package("postgresql+psycopg2://u@h/db") == DRIVER_PACKAGES["psycopg2"]
+    assert sorted(SIZES) == ["cpu", "gpu", "smoke"]
+    # the tiny stand-in's trials run on the CPU: they must not grow with the gpu profile
+    assert all(SIZES["gpu"][key] == SIZES["cpu"][key] for key in CPU_ONLY_SIZES)
+    assert "final_steps" in SIZES["gpu"] and SIZES["gpu"]["real_steps"] > SIZES["cpu"]["real_steps"]
 
 
 # --------------------------------------------------------------------------- workers
@@ -546,3 +578,88 @@ def test_worker_seed_checker(capsys):
     assert "seeded alike" in capsys.readouterr().out
     assert not checks.check_worker_seeds(lambda base_seed, worker: optuna.samplers.RandomSampler())
     assert "rerun" in capsys.readouterr().out
+
+
+def _space(lr=("float", 1e-5, 1e-2, True), batch=(4, 8), warmup=(0.0, 0.2)):
+    """A learner's search space with one thing changed."""
+    def fn(trial):
+        out = {}
+        if lr[0] == "int":
+            out["lr"] = trial.suggest_int("lr", int(lr[1]), int(lr[2]))
+        else:
+            out["lr"] = trial.suggest_float("lr", lr[1], lr[2], log=lr[3])
+        out["batch_size"] = trial.suggest_categorical("batch_size", list(batch))
+        out["warmup_fraction"] = trial.suggest_float("warmup_fraction", *warmup)
+        return out
+    return fn
+
+
+def test_search_space_checker_separates_the_usual_mistakes(capsys):
+    assert list(checks.SPACE_SPEC) == ["lr", "batch_size", "warmup_fraction"]
+    mistakes = {
+        "linear lr": (_space(lr=("float", 1e-5, 1e-2, False)), "log scale"),
+        "narrow lr": (_space(lr=("float", 1e-4, 1e-2, True)), "[1e-5, 1e-2]"),
+        "swapped lr bounds": (_space(lr=("float", 1e-2, 1e-5, True)), "raised ValueError"),
+        "integer lr": (_space(lr=("int", 0, 1, False)), "continuous"),
+        "other batch sizes": (_space(batch=(4, 8, 16)), "4 and 8"),
+        "wider warm-up": (_space(warmup=(0.0, 0.5)), "[0, 0.2]"),
+    }
+    for label, (fn, hint) in mistakes.items():
+        capsys.readouterr()
+        assert not checks.check_search_space(fn), label
+        assert hint in capsys.readouterr().out, label
+    assert checks.check_search_space(_space(batch=(8, 4)))  # the order of the options does not matter
+
+
+def _objective(lr=(1e-3, 1e-1, True), steps_kind="int", batch=8):
+    """A learner's objective with one thing changed (batch size, lr scale or bounds, steps type)."""
+    from course_lib.training import task_batches, train
+
+    def fn(trial):
+        ex = checks.exercise_setup()
+        lr_value = trial.suggest_float("lr", lr[0], lr[1], log=lr[2])
+        steps = (trial.suggest_int("steps", 5, 20) if steps_kind == "int"
+                 else int(trial.suggest_float("steps", 5, 20)))
+        model = ex.make_model()
+        train(model, task_batches(ex.tokenizer, ex.train, batch, seed=0), steps=steps, lr=lr_value, progress=False)
+        return answer_loss(model, ex.tokenizer, ex.validation)
+    return fn
+
+
+def test_objective_checker_looks_at_the_distributions_a_fixed_trial_hides(capsys):
+    assert checks.OBJECTIVE_SPEC["lr"][3] is True and checks.OBJECTIVE_BATCH_SIZE == 8
+    mistakes = {
+        "linear lr": (_objective(lr=(1e-3, 1e-1, False)), "log scale"),
+        "wrong lr range": (_objective(lr=(1e-4, 1e-1, True)), "ranges over"),
+        "float steps": (_objective(steps_kind="float"), "suggest_int"),
+        "batch size 4": (_objective(batch=4), "batch size 8"),
+    }
+    with torch_threads(1):
+        for label, (fn, hint) in mistakes.items():
+            capsys.readouterr()
+            assert not checks.check_objective(fn), label
+            assert hint in capsys.readouterr().out, label
+
+
+def test_worker_seed_checker_refuses_a_seed_that_ignores_the_base_seed(capsys):
+    capsys.readouterr()
+    assert not checks.check_worker_seeds(lambda base_seed, worker: optuna.samplers.RandomSampler(seed=worker))
+    assert "another base_seed" in capsys.readouterr().out
+    assert checks.check_worker_seeds(lambda base_seed, worker: optuna.samplers.RandomSampler(seed=1000 * base_seed
+                                                                                              + worker))
+
+
+def test_reference_answers_and_spec_keys():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    space = checks.reference_suggest_hyperparameters(trial)
+    assert set(space) == set(checks.SPACE_SPEC) and 1e-5 <= space["lr"] <= 1e-2
+    with torch_threads(1):
+        loss = checks.reference_objective(optuna.trial.FixedTrial({"lr": 0.01, "steps": 5}))
+    assert math.isfinite(loss) and loss > 0
+    def first_lr(sampler):
+        return optuna.create_study(sampler=sampler).ask().suggest_float("lr", 1e-5, 1e-2, log=True)
+
+    assert first_lr(checks.reference_make_worker_sampler(3, 1)) == first_lr(optuna.samplers.RandomSampler(seed=4))
+    spec = {key: None for key in SPEC_KEYS if key != "seed"}
+    with pytest.raises(ValueError, match="seed"):
+        objective_from_spec(spec)

@@ -30,6 +30,11 @@ def _perplexity_cases() -> list[Case]:
         cases.append(Case((logits, ids), label=label))
     cases.append(Case((torch.zeros(2, 4, 13), torch.randint(0, 13, (2, 4), generator=gen)),
                       label="uniform logits (perplexity must equal the vocabulary size, 13)"))
+    # rows of very different difficulty: a mean of per-row perplexities is far from the right value
+    sharp = torch.randn(2, 7, 9, generator=gen)
+    sharp[0] *= 8
+    cases.append(Case((sharp, torch.randint(0, 9, (2, 7), generator=gen)),
+                      label="two rows of very different difficulty"))
     return cases
 
 
@@ -48,6 +53,15 @@ def _diagnose_perplexity(got, expected, case: Case) -> str | None:
     if math.isclose(got, math.exp(shifted.sum().item()), rel_tol=1e-4) or math.isclose(
             got, shifted.sum().item(), rel_tol=1e-4):
         return "average the negative log-likelihoods over all predicted tokens before taking exp."
+    per_row = shifted.view(logits.shape[0], -1).mean(dim=1)
+    if logits.shape[0] > 1 and math.isclose(got, per_row.exp().mean().item(), rel_tol=1e-4):
+        return ("you averaged one perplexity per row; average the log-likelihoods of all predicted tokens "
+                "first, then take exp once.")
+    if logits.shape[0] > 1 and math.isclose(got, per_row[0].exp().item(), rel_tol=1e-4):
+        return "you scored only the first row of the batch; use every row."
+    wrong_dim = -F.log_softmax(logits[:, :-1].double(), dim=1).gather(-1, ids[:, 1:, None]).mean()
+    if math.isclose(got, math.exp(wrong_dim.item()), rel_tol=1e-4):
+        return "take the softmax over the vocabulary, the last dimension (dim=-1), not over positions."
     if math.isclose(got, 2 ** mean_nll, rel_tol=1e-4):
         return "use the natural exponential, math.exp or torch.exp, matching the natural log in cross-entropy."
     return ("perplexity = exp(mean of -log p(next token)); take log_softmax over the vocabulary "
@@ -73,9 +87,12 @@ def reference_count_unique_parameters(model: torch.nn.Module) -> int:
 def _count_cases() -> list[Case]:
     from ..tiny_models import tiny_gpt2, tiny_llama
 
+    frozen = tiny_llama(vocab_size=200, tie_embeddings=True, seed=1)
+    frozen.model.layers[0].mlp.requires_grad_(False)  # as when only some layers train
     return [Case((tiny_llama(vocab_size=300, tie_embeddings=True),), label="tiny Llama with tied embeddings"),
             Case((tiny_llama(vocab_size=300, tie_embeddings=False),), label="tiny Llama, untied"),
-            Case((tiny_gpt2(vocab_size=300),), label="tiny GPT-2 (tied)")]
+            Case((tiny_gpt2(vocab_size=300),), label="tiny GPT-2 (tied)"),
+            Case((frozen,), label="tiny Llama with a frozen MLP (requires_grad=False)")]
 
 
 def _diagnose_count(got, expected, case: Case) -> str | None:
@@ -87,6 +104,9 @@ def _diagnose_count(got, expected, case: Case) -> str | None:
                 "tensor. Count each distinct tensor once (compare id(p) or use model.parameters()).")
     if got == expected - embed:
         return "you left out the embedding matrix; it is a parameter too."
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if got == trainable and trainable != expected:
+        return "you counted only trainable parameters (requires_grad); a frozen weight is still stored: count it."
     return None
 
 

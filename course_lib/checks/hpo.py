@@ -17,8 +17,13 @@ from types import SimpleNamespace
 
 from . import Case, CheckResult, check_function
 
+__all__ = ["SPACE_SPEC", "OBJECTIVE_SPEC", "OBJECTIVE_BATCH_SIZE", "reference_suggest_hyperparameters",
+           "check_search_space", "exercise_setup", "reference_objective", "check_objective",
+           "reference_make_worker_sampler", "check_worker_seeds"]
+
 SPACE_SPEC = {"lr": ("float", 1e-5, 1e-2, True), "batch_size": ("categorical", (4, 8)),
               "warmup_fraction": ("float", 0.0, 0.2, False)}
+OBJECTIVE_SPEC = {"lr": ("float", 1e-3, 1e-1, True), "steps": ("int", 5, 20, False)}
 OBJECTIVE_BATCH_SIZE = 8
 
 
@@ -36,7 +41,7 @@ def _describe(dist) -> tuple:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
-        return ("categorical", tuple(dist.choices))
+        return ("categorical", tuple(sorted(dist.choices, key=repr)))  # the order of options does not matter
     if isinstance(dist, FloatDistribution):
         return ("float", dist.low, dist.high, dist.log)
     if isinstance(dist, IntDistribution):
@@ -74,9 +79,15 @@ def _diagnose_space(got, expected, case: Case) -> str | None:
     bs = dists.get("batch_size")
     if bs is not None and bs[0] != "categorical":
         return "choose the batch size from the options (4, 8) with trial.suggest_categorical."
+    if bs is not None and sorted(bs[1]) != sorted(want["batch_size"][1]):
+        return f"the batch size is one of 4 and 8, you offered {list(bs[1])}."
     wf = dists.get("warmup_fraction")
-    if wf is not None and wf[0] == "float" and wf[3]:
+    if wf is not None and wf[0] != "float":
+        return "the warm-up fraction is a continuous number: trial.suggest_float('warmup_fraction', 0.0, 0.2)."
+    if wf is not None and wf[3]:
         return "a log scale cannot include 0: the warm-up fraction [0, 0.2] is sampled on a linear scale."
+    if wf is not None and wf[1:3] != want["warmup_fraction"][1:3]:
+        return f"the warm-up fraction range should be [0, 0.2], you gave [{wf[1]:g}, {wf[2]:g}]."
     missing = sorted(set(want) - set(dists))
     if missing:
         return f"also suggest {missing}."
@@ -138,15 +149,45 @@ def _objective_cases() -> list[Case]:
 
 
 def _fixed(fn):
+    """Run ``fn`` on a FixedTrial: (its return value, the distributions it asked for). A FixedTrial
+    returns the fixed values whatever the range, so the distributions are what shows a wrong scale,
+    bounds or type."""
     import optuna
 
-    return lambda params: fn(optuna.trial.FixedTrial(params))
+    def run(params):
+        trial = optuna.trial.FixedTrial(params)
+        value = fn(trial)
+        return value, {name: _describe(d) for name, d in sorted(trial.distributions.items())}
+
+    return run
+
+
+def _diagnose_distributions(dists: dict) -> str | None:
+    for name, want in OBJECTIVE_SPEC.items():
+        got = dists.get(name)
+        if got is None:
+            return f"suggest {name!r} with the trial (you suggested: {', '.join(dists) or 'nothing'})."
+        if got[0] != want[0]:
+            kind = "suggest_float" if want[0] == "float" else "suggest_int"
+            return f"{name!r} needs trial.{kind}, you asked for a {got[0]} value."
+        if got[1] > got[2]:
+            return f"the bounds of {name!r} are swapped: low must come first, [{want[1]:g}, {want[2]:g}]."
+        if got[3] != want[3]:
+            return (f"sample {name!r} on a {'log' if want[3] else 'linear'} scale "
+                    f"(log={want[3]}): the distribution decides which values a sampler tries.")
+        if tuple(got[1:3]) != want[1:3]:
+            return f"{name!r} ranges over [{want[1]:g}, {want[2]:g}], you gave [{got[1]:g}, {got[2]:g}]."
+    return None
 
 
 def _diagnose_objective(got, expected, case: Case) -> str | None:
     from ..metrics import answer_loss
     from ..training import task_batches, train
 
+    got, dists = got
+    hint = _diagnose_distributions(dists)
+    if hint:
+        return hint
     ex = exercise_setup()
     params = case.args[0]
     model = ex.make_model()
@@ -207,19 +248,35 @@ def _worker_properties(make_sampler, base_seed: int, n_workers: int = 2, trials_
     return (len(set(first)) == len(first), first == second)
 
 
+def _seed_properties(make_sampler, base_seed: int) -> tuple:
+    """(distinct, reproducible, another base seed gives another search) for ``base_seed``."""
+    distinct, reproducible = _worker_properties(make_sampler, base_seed)
+
+    def first_values(seed):
+        import optuna
+
+        study = optuna.create_study(sampler=make_sampler(seed, 0))
+        return [round(study.ask().suggest_float("lr", 1e-5, 1e-2, log=True), 15) for _ in range(3)]
+
+    return distinct, reproducible, first_values(base_seed) != first_values(base_seed + 100)
+
+
 def _diagnose_seeds(got, expected, case: Case) -> str | None:
-    distinct, reproducible = got
+    distinct, reproducible, follows_base = got
     if not distinct:
         return ("two workers proposed the same values: they were seeded alike. Give each worker its own seed, "
                 "e.g. base_seed + worker.")
     if not reproducible:
         return "a rerun proposed different values: derive the seed from base_seed and worker, not seed=None."
+    if not follows_base:
+        return ("another base_seed gave the same search: use base_seed too (e.g. base_seed + worker), so that a "
+                "new study can be started with a new seed.")
     return None
 
 
 def check_worker_seeds(fn) -> CheckResult:
     """Check ``fn(base_seed, worker) -> sampler``: distinct streams per worker, reproducible reruns."""
     cases = [Case((seed,), label=f"two workers, base seed {seed}") for seed in (0, 7)]
-    return check_function(lambda seed: _worker_properties(fn, seed),
-                          lambda seed: _worker_properties(reference_make_worker_sampler, seed),
+    return check_function(lambda seed: _seed_properties(fn, seed),
+                          lambda seed: _seed_properties(reference_make_worker_sampler, seed),
                           cases, name=getattr(fn, "__name__", "make_worker_sampler"), diagnose=_diagnose_seeds)

@@ -44,7 +44,8 @@ def _diagnose_mask_common(got, expected) -> str | None:
             return (f"you pruned {int((~got).sum())} weights; this case needs exactly "
                     f"{int((~expected).sum())}.")
     if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
-        return "return a boolean tensor (e.g. scores > threshold, or a torch.ones(..., dtype=torch.bool) you edit)."
+        return ("return a boolean tensor (e.g. scores > threshold, or a torch.ones(..., dtype=torch.bool, "
+                "device=weight.device) you edit).")
     return None
 
 

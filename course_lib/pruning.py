@@ -40,7 +40,7 @@ __all__ = ["SIZES", "CRITERIA", "SCOPES", "check_sparsity", "n_to_prune", "wanda
 # sweep_blocks: validation blocks per point of the perplexity-vs-sparsity sweep (and of the N:M,
 # sequential-Wanda and structured comparisons); sweep_sparsities: the sweep's points (0.5 always
 # in); sequential_calib_blocks: calibration blocks for the one-pass vs sequential Wanda comparison
-# (sequential costs one forward pass per decoder block); explorer_blocks: validation blocks per
+# (sequential costs about half a forward pass per decoder block); explorer_blocks: validation blocks per
 # explorer view; speed_blocks: blocks per timed forward pass; recovery_*: the fine-tune after
 # structured pruning (and its dense control); mlp_fraction: MLP width removed by structured
 # pruning; sample_tokens: explorer generation.
@@ -48,7 +48,7 @@ __all__ = ["SIZES", "CRITERIA", "SCOPES", "check_sparsity", "n_to_prune", "wanda
 # gpu profile on a Colab T4, estimated (not measured) at 4 TFLOP/s fp32, 134.5 M parameters:
 # - sweep: 7 sparsities x 4 methods + 4 N:M + 5 structured + 2 sequential = 39 perplexities of
 #   128 blocks x 128 tokens: 39 x 2 x 134.5e6 x 16384 = 1.7e14 FLOP, about 45 s;
-# - sequential Wanda: 30 passes of 32 blocks: 30 x 2 x 134.5e6 x 4096 = 3.3e13 FLOP, about 10 s;
+# - sequential Wanda: at most 30 passes of 32 blocks: 30 x 2 x 134.5e6 x 4096 = 3.3e13 FLOP, < 10 s;
 # - recovery: 2 models x 200 steps x 16 x 128 tokens x 6 x 134.5e6 = 6.6e14 FLOP, about 3 min;
 # - scorecard (6 models x 128 eval blocks) and timings (5 rounds): under 3 min; the explorer's
 #   first view: seconds. Whole lesson: about 10 minutes, well within 20.

@@ -46,13 +46,40 @@ def input_norms(model: nn.Module, blocks: torch.Tensor, modules: dict[str, nn.Mo
                          f"{tuple(getattr(blocks, 'shape', ()))}.")
     modules = linear_layers(model) if modules is None else modules
     sums: dict[str, torch.Tensor] = {}
+    capture(model, modules, blocks, _accumulator(sums), batch_size, desc="calibration", progress=progress)
+    return {name: sums[name].sqrt().float() for name in modules}
 
+
+def _accumulator(sums: dict):
+    """A capture callback adding each input's per-feature sum of squares to ``sums[name]``."""
     def accumulate(name, x, _output):
         squares = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0).to(torch.float64)
         sums[name] = sums[name] + squares if name in sums else squares
+    return accumulate
 
-    capture(model, modules, blocks, accumulate, batch_size, desc="calibration", progress=progress)
-    return {name: sums[name].sqrt().float() for name in modules}
+
+class _BlockDone(Exception):
+    """Raised after the watched block ran: the rest of the forward pass is not needed."""
+
+
+def _block_norms(model: nn.Module, block: nn.Module, group: dict[str, nn.Module], blocks: torch.Tensor,
+                 batch_size: int) -> dict[str, torch.Tensor]:
+    """Input norms of ``group`` (the layers of ``block``), stopping each forward pass after ``block``."""
+    sums: dict[str, torch.Tensor] = {}
+    watched = {**group, "_block": block}
+    accumulate = _accumulator(sums)
+
+    def fn(name, x, output):
+        if name == "_block":
+            raise _BlockDone
+        accumulate(name, x, output)
+
+    for start in range(0, len(blocks), batch_size):
+        try:
+            capture(model, watched, blocks[start:start + batch_size], fn, batch_size, progress=False)
+        except _BlockDone:
+            pass
+    return {name: sums[name].sqrt().float() for name in group}
 
 
 def layers_by_block(model: nn.Module, include: tuple[str, ...] | None = None) -> list[dict[str, nn.Module]]:
@@ -83,14 +110,15 @@ def sequential_wanda_masks(model: nn.Module, blocks: torch.Tensor, sparsity: flo
     lowest ``sparsity`` in ``scope`` ("row" or "layer"), and prune block b of the copy. Within a
     block the norms come from the block's unpruned weights (as the reference does).
 
-    Cost: one forward pass of ``blocks`` per decoder block (the one-pass :func:`input_norms`
-    needs one in total). Returns ``{layer name: bool [out, in]}``; the caller's model is untouched.
+    Cost: for block b, a forward pass of ``blocks`` up to block b (it stops there), so about half
+    a forward pass per decoder block in all (the one-pass :func:`input_norms` needs one in total). Returns ``{layer name: bool [out, in]}``; the caller's model is untouched.
     """
     work = copy.deepcopy(model)
     masks: dict[str, torch.Tensor] = {}
     groups = layers_by_block(work)
-    for group in tqdm(groups, desc="sequential calibration", disable=not progress, leave=False):
-        norms = input_norms(work, blocks, modules=group, batch_size=batch_size, progress=False)
+    for block, group in tqdm(list(zip(decoder_layers(work), groups)), desc="sequential calibration",
+                             disable=not progress, leave=False):
+        norms = _block_norms(work, block, group, blocks, batch_size)
         block_masks = {name: score_mask(wanda_scores(linear_weight(m), norms[name]), sparsity, scope)
                        for name, m in group.items()}
         apply_masks_(work, block_masks)

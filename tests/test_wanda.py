@@ -71,3 +71,13 @@ def test_sequential_wanda_calibrates_each_block_after_the_previous_ones_are_prun
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # model untouched
     ppl = perplexity(pruned_copy(model, sequential), blocks, progress=False)
     assert ppl > 0
+
+
+def test_sequential_wanda_stops_each_pass_after_the_block_it_calibrates():
+    model = tiny_llama(vocab_size=VOCAB)  # 2 decoder blocks
+    calls = []
+    model.lm_head.register_forward_hook(lambda *args: calls.append("lm_head"))
+    model.model.layers[1].register_forward_hook(lambda *args: calls.append("block 1"))
+    sequential_wanda_masks(model, _blocks(6), 0.5, batch_size=4, progress=False)  # the copy keeps the hooks
+    # block 0's passes (2 batches) stop before block 1; block 1's passes stop before lm_head
+    assert calls == ["block 1", "block 1"]

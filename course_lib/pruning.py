@@ -9,7 +9,7 @@ Criteria (a score per weight; the lowest scores are pruned):
 
 * **magnitude**: ``S_ij = |W_ij|``;
 * **Wanda** (Sun et al., 2023): ``S_ij = |W_ij| * ||X_j||_2``, where ``||X_j||_2`` is the L2 norm
-  of input feature j over all calibration tokens (:func:`input_norms`).
+  of input feature j over all calibration tokens (:func:`course_lib.wanda.input_norms`).
 
 Scopes (which weights compete with each other): ``"layer"`` (all weights of one layer),
 ``"row"`` (each output row on its own, as Wanda does), ``"global"`` (all layers at once), or an
@@ -21,33 +21,50 @@ Only the linear layers inside the decoder blocks are pruned: not the embedding (
 Which functions modify the model: only those whose name ends in ``_`` (:func:`apply_masks_`,
 :func:`prune_with_torch_`, :func:`global_magnitude_prune_`, :func:`make_pruning_permanent_`).
 Every other function leaves the caller's model untouched (:func:`pruned_copy` returns a new one).
+
+Related modules: :mod:`course_lib.wanda` (calibration: input norms, one pass or block by block),
+:mod:`course_lib.sparse_kernels` (CSR and 2:4 kernels), :mod:`course_lib.pruning_explorer`.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .device import model_device
+__all__ = ["SIZES", "CRITERIA", "SCOPES", "check_sparsity", "n_to_prune", "wanda_scores", "score_mask",
+           "magnitude_mask", "check_nm", "nm_mask", "prunable_layers", "pruning_masks", "apply_masks_",
+           "pruned_copy", "layer_sparsity", "prune_with_torch_", "global_magnitude_prune_", "torch_masks",
+           "make_pruning_permanent_", "masked_perplexities", "sparsity_sweep"]
 
+# Chapter 02's sizes (read with course_lib.profiles.sizes_for(SIZES)).
+# sweep_blocks: validation blocks per point of the perplexity-vs-sparsity sweep (and of the N:M,
+# sequential-Wanda and structured comparisons); sweep_sparsities: the sweep's points (0.5 always
+# in); sequential_calib_blocks: calibration blocks for the one-pass vs sequential Wanda comparison
+# (sequential costs about half a forward pass per decoder block); explorer_blocks: validation blocks per
+# explorer view; speed_blocks: blocks per timed forward pass; recovery_*: the fine-tune after
+# structured pruning (and its dense control); mlp_fraction: MLP width removed by structured
+# pruning; sample_tokens: explorer generation.
+#
+# gpu profile on a Colab T4, estimated (not measured) at 4 TFLOP/s fp32, 134.5 M parameters:
+# - sweep: 7 sparsities x 4 methods + 4 N:M + 5 structured + 2 sequential = 39 perplexities of
+#   128 blocks x 128 tokens: 39 x 2 x 134.5e6 x 16384 = 1.7e14 FLOP, about 45 s;
+# - sequential Wanda: at most 30 passes of 32 blocks: 30 x 2 x 134.5e6 x 4096 = 3.3e13 FLOP, < 10 s;
+# - recovery: 2 models x 200 steps x 16 x 128 tokens x 6 x 134.5e6 = 6.6e14 FLOP, about 3 min;
+# - scorecard (6 models x 128 eval blocks) and timings (5 rounds): under 3 min; the explorer's
+#   first view: seconds. Whole lesson: about 10 minutes, well within 20.
+# Memory: the dense model, a working copy and a few pruned copies (0.54 GB each in fp32), plus the
+# fine-tune's AdamW state (4 x 0.54 GB) and batch-16 activations: under 6 GB of the T4's 15 GB.
+# The CSR comparison runs on the CPU in every profile and does not grow with it.
 SIZES = {
-    # sweep_blocks: validation blocks per point of the perplexity-vs-sparsity sweep (and of the
-    # N:M and structured comparisons); sweep_sparsities: the sweep's sparsities (0.5 always in);
-    # explorer_blocks: validation blocks per explorer update; speed_blocks: blocks per timed
-    # forward pass; recovery_*: the fine-tune after structured pruning (and its dense control);
-    # mlp_fraction: MLP width removed by structured pruning; sample_tokens: explorer generation.
-    "smoke": {"sweep_blocks": 2, "sweep_sparsities": [0.5], "explorer_blocks": 2, "speed_blocks": 2,
-              "recovery_steps": 2, "recovery_lr": 5e-5, "recovery_batch": 2, "mlp_fraction": 0.25,
-              "sample_tokens": 8},
-    "cpu": {"sweep_blocks": 6, "sweep_sparsities": [0.1, 0.3, 0.5, 0.7], "explorer_blocks": 6,
-            "speed_blocks": 4, "recovery_steps": 10, "recovery_lr": 5e-5, "recovery_batch": 4,
-            "mlp_fraction": 0.25, "sample_tokens": 24},
+    "smoke": {"sweep_blocks": 2, "sweep_sparsities": [0.5], "sequential_calib_blocks": 2,
+              "explorer_blocks": 2, "speed_blocks": 2, "recovery_steps": 2, "recovery_lr": 5e-5,
+              "recovery_batch": 2, "mlp_fraction": 0.25, "sample_tokens": 8},
+    "cpu": {"sweep_blocks": 6, "sweep_sparsities": [0.1, 0.3, 0.5, 0.7], "sequential_calib_blocks": 4,
+            "explorer_blocks": 4, "speed_blocks": 4, "recovery_steps": 10, "recovery_lr": 5e-5,
+            "recovery_batch": 4, "mlp_fraction": 0.25, "sample_tokens": 24},
     "gpu": {"sweep_blocks": 128, "sweep_sparsities": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-            "explorer_blocks": 32, "speed_blocks": 16, "recovery_steps": 200, "recovery_lr": 5e-5,
-            "recovery_batch": 16, "mlp_fraction": 0.25, "sample_tokens": 32},
+            "sequential_calib_blocks": 32, "explorer_blocks": 32, "speed_blocks": 16, "recovery_steps": 200,
+            "recovery_lr": 5e-5, "recovery_batch": 16, "mlp_fraction": 0.25, "sample_tokens": 32},
 }
 
 
@@ -71,59 +88,6 @@ def n_to_prune(n: int, sparsity: float) -> int:
     return round(check_sparsity(sparsity) * n)
 
 
-# --------------------------------------------------------------------------- calibration
-
-
-@torch.no_grad()
-def input_norms(model: nn.Module, blocks: torch.Tensor, modules: dict[str, nn.Module] | None = None,
-                batch_size: int = 8, progress: bool = True) -> dict[str, torch.Tensor]:
-    """The L2 norm of every input feature of each layer over the calibration tokens.
-
-    ``||X_j||_2 = sqrt( sum over all tokens t of x_{t,j}^2 )``, where ``x_t`` is what the layer
-    receives for token t when ``model`` reads ``blocks`` (``[n_blocks, block_size]`` token ids).
-
-    Args:
-        modules: the layers to watch by name (default: every linear layer but ``lm_head``).
-
-    Returns:
-        ``{name: tensor [in_features]}`` in float32. The model is not changed (hooks are removed).
-    """
-    from .layers import linear_layers
-
-    if blocks.ndim != 2:
-        raise ValueError(f"blocks must be a [n_blocks, block_size] tensor of token ids, got shape "
-                         f"{tuple(blocks.shape)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    modules = linear_layers(model) if modules is None else modules
-    sums: dict[str, torch.Tensor] = {}
-    last: list = [None, None]  # (input, its squared norms): q/k/v and gate/up share one input
-
-    def make_hook(name):
-        def hook(module, args):
-            x = args[0]
-            if x is not last[0]:
-                norm = torch.linalg.vector_norm(x.detach().reshape(-1, x.shape[-1]).float(), dim=0)
-                last[:] = [x, norm.to(torch.float64).pow(2)]
-            sums[name] = sums[name] + last[1] if name in sums else last[1]
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    try:
-        starts = range(0, len(blocks), batch_size)
-        for start in tqdm(starts, desc="calibration", disable=not progress or len(starts) < 2, leave=False):
-            model(input_ids=blocks[start:start + batch_size].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        last.clear()
-        model.train(was_training)
-    return {name: sums[name].sqrt().float() for name in modules}
-
-
 # --------------------------------------------------------------------------- scores and masks
 
 
@@ -133,7 +97,7 @@ def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     Args:
         weight: ``[out_features, in_features]``.
         norms: ``[in_features]``, the L2 norm of each input feature over the calibration tokens
-            (:func:`input_norms`).
+            (:func:`course_lib.wanda.input_norms`).
     """
     if weight.ndim != 2 or norms.shape != (weight.shape[1],):
         raise ValueError(f"Need a weight [out, in] and norms [in]; got {tuple(weight.shape)} and "
@@ -225,7 +189,7 @@ def pruning_masks(model: nn.Module, sparsity: float | None = None, *, criterion:
     Give either ``sparsity`` (unstructured, in ``scope`` "layer", "row" or "global": all layers'
     scores ranked together) or ``nm=(N, M)`` (N kept of every M consecutive inputs of a row).
     ``criterion`` is "magnitude" (``|W|``) or "wanda" (``|W| * ||X||``, needs ``norms`` from
-    :func:`input_norms`). The model is not changed.
+    :func:`course_lib.wanda.input_norms`). The model is not changed.
     """
     from .layers import linear_weight
 
@@ -234,7 +198,7 @@ def pruning_masks(model: nn.Module, sparsity: float | None = None, *, criterion:
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     if criterion == "wanda" and norms is None:
-        raise ValueError("criterion='wanda' needs norms: compute them with input_norms(model, calib_blocks).")
+        raise ValueError("criterion='wanda' needs norms: compute them with course_lib.wanda.input_norms(model, calib_blocks).")
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
         if scope not in SCOPES:
@@ -376,23 +340,22 @@ def masked_perplexities(model: nn.Module, blocks: torch.Tensor, configs: dict,
     ``nm``), e.g. ``{"Wanda 2:4": {"nm": (2, 4), "criterion": "wanda"}}``; ``norms`` is passed to
     every one. One working copy of the model is re-pruned from the original's weights
     (:func:`apply_masks_` with ``source``) for each configuration, so no configuration sees
-    another's zeros, and the caller's model is untouched.
-    Returns ``{label: perplexity}`` in the order of ``configs``.
+    another's zeros, and the caller's model is untouched. Scored by
+    :func:`course_lib.scorecard.perplexities`. Returns ``{label: perplexity}`` in the order of ``configs``.
     """
     import copy
 
-    from .metrics import perplexity
+    from .scorecard import perplexities
 
     if not configs:
         raise ValueError("configs is empty: give {label: pruning_masks keyword arguments}, "
                          "e.g. {'2:4': {'nm': (2, 4)}}.")
     work = copy.deepcopy(model)
-    results = {}
-    for label, kwargs in tqdm(configs.items(), desc="pruned perplexity", disable=not progress):
-        apply_masks_(work, pruning_masks(model, norms=norms, **kwargs), source=model)
-        results[label] = perplexity(work, blocks, batch_size=batch_size, progress=False)
+    variants = {label: (lambda kw=kwargs: apply_masks_(work, pruning_masks(model, norms=norms, **kw), source=model))
+                for label, kwargs in configs.items()}
+    found = perplexities(variants, blocks, batch_size=batch_size, progress=progress)
     del work
-    return results
+    return {label: float(found[label]) for label in configs}
 
 
 def sparsity_sweep(model: nn.Module, blocks: torch.Tensor, sparsities, methods: dict[str, dict],
@@ -409,194 +372,3 @@ def sparsity_sweep(model: nn.Module, blocks: torch.Tensor, sparsities, methods: 
     configs = {(label, s): {**methods[label], "sparsity": s} for label in methods for s in sparsities}
     found = masked_perplexities(model, blocks, configs, norms=norms, batch_size=batch_size, progress=progress)
     return [{"method": label, "sparsity": s, "perplexity": ppl} for (label, s), ppl in found.items()]
-
-
-# --------------------------------------------------------------------------- sparse storage on CPU
-
-
-@torch.no_grad()
-def csr_comparison(weight: torch.Tensor, sparsities=(0.5, 0.9), tokens: int = 128,
-                   min_run_time: float = 0.2) -> list[dict]:
-    """Does a sparse format make an unstructured-pruned layer smaller or faster on this CPU?
-
-    For each sparsity, ``weight`` (``[out, in]``) is magnitude-pruned and ``W @ X`` (X: ``[in,
-    tokens]``) is timed with ``torch.utils.benchmark`` for the dense matrix and for its CSR form
-    (``Tensor.to_sparse_csr``). Bytes: dense ``out * in * element_size``; CSR stores the values,
-    one int64 column index per non-zero and ``out + 1`` int64 row pointers.
-    Returns rows ``{"sparsity", "dense_ms", "csr_ms", "dense_MB", "csr_MB"}``.
-    """
-    from torch.utils.benchmark import Timer
-
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be [out, in], got shape {tuple(weight.shape)}.")
-    x = torch.randn(weight.shape[1], tokens, dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
-    rows = []
-    for sparsity in sparsities:
-        w = (weight.detach() * magnitude_mask(weight, sparsity)).contiguous()
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
-            csr = w.to_sparse_csr()
-        timings = {}
-        for label, matrix in (("dense", w), ("csr", csr)):
-            timer = Timer("m @ x", globals={"m": matrix, "x": x}, num_threads=torch.get_num_threads())
-            timings[label] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-        csr_bytes = sum(t.numel() * t.element_size() for t in (csr.values(), csr.col_indices(), csr.crow_indices()))
-        rows.append({"sparsity": sparsity, "dense_ms": timings["dense"], "csr_ms": timings["csr"],
-                     "dense_MB": w.numel() * w.element_size() / 1e6, "csr_MB": csr_bytes / 1e6})
-    return rows
-
-
-# --------------------------------------------------------------------------- 2:4 sparse kernels (GPU)
-
-
-def semi_structured_support(device: str | torch.device | None = None) -> tuple[bool, str]:
-    """Can ``torch.sparse.to_sparse_semi_structured`` run here? Returns ``(ok, reason)``.
-
-    The 2:4 sparse tensor-core kernels (cuSPARSELt or CUTLASS) need a CUDA GPU of compute
-    capability 8.0 or newer (Ampere: A100, RTX 30xx, L4...). A CPU has none, and Colab's T4
-    (capability 7.5) predates them.
-    """
-    from .device import pick_device
-
-    device = pick_device(device)
-    if device.type != "cuda":
-        return False, f"2:4 sparse kernels need a CUDA GPU; this run uses {device.type}."
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return False, (f"2:4 sparse kernels need compute capability >= 8.0 (Ampere or newer); "
-                       f"{torch.cuda.get_device_name(device)} has {major}.{minor}.")
-    return True, f"{torch.cuda.get_device_name(device)} (capability {major}.{minor}) has 2:4 sparse kernels."
-
-
-@torch.no_grad()
-def semi_structured_benchmark(shapes=((1536, 576), (576, 1536), (11008, 4096)), tokens: int = 4096,
-                              repeats: int = 20, device: str | torch.device | None = None) -> list[dict]:
-    """Time ``x @ W.T`` with a dense 2:4-pruned fp16 weight against the same weight converted by
-    ``torch.sparse.to_sparse_semi_structured``, for each ``(out, in)`` shape, ``tokens`` rows of x.
-
-    Returns rows ``{"shape", "dense_ms", "sparse_ms", "speedup", "max_abs_diff"}`` (median of
-    ``repeats`` after a warm-up). The default shapes are SmolLM2's MLP and a LLaMA-7B MLP.
-
-    Raises:
-        ValueError: no GPU with 2:4 kernels here (see :func:`semi_structured_support`).
-    """
-    from torch.sparse import to_sparse_semi_structured
-
-    from .device import pick_device
-
-    ok, reason = semi_structured_support(device)
-    if not ok:
-        raise ValueError(f"Cannot run the 2:4 sparse benchmark: {reason}")
-    device = pick_device(device)
-    rows = []
-    for out_features, in_features in shapes:
-        weight = torch.randn(out_features, in_features, dtype=torch.float16, device=device)
-        weight = weight * nm_mask(weight.abs(), 2, 4)
-        x = torch.randn(tokens, in_features, dtype=torch.float16, device=device)
-        sparse = to_sparse_semi_structured(weight)
-        times = {}
-        for label, w in (("dense", weight), ("sparse", sparse)):
-            torch.nn.functional.linear(x, w)  # warm-up
-            samples = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                torch.nn.functional.linear(x, w)
-                end.record()
-                torch.cuda.synchronize(device)
-                samples.append(start.elapsed_time(end))
-            times[label] = sorted(samples)[len(samples) // 2]
-        diff = (torch.nn.functional.linear(x, sparse) - torch.nn.functional.linear(x, weight)).abs().max().item()
-        rows.append({"shape": (out_features, in_features), "dense_ms": times["dense"], "sparse_ms": times["sparse"],
-                     "speedup": times["dense"] / times["sparse"], "max_abs_diff": diff})
-    return rows
-
-
-# --------------------------------------------------------------------------- explorer
-
-
-@torch.no_grad()
-def explorer_view(work: nn.Module, model: nn.Module, tokenizer, blocks: torch.Tensor, sparsity: float,
-                  method: dict, norms: dict[str, torch.Tensor] | None = None,
-                  prompt: str = "The three most important ideas in computer science are",
-                  sample_tokens: int = 16, batch_size: int = 8) -> dict:
-    """Prune ``work`` in place from ``model``'s weights (``method``: :func:`pruning_masks` keyword
-    arguments) and return ``{"perplexity", "layer_sparsity", "sample"}`` (a greedy continuation
-    of ``prompt``). ``model`` is not changed; ``work`` must be a copy of it.
-    """
-    from .metrics import perplexity
-
-    apply_masks_(work, pruning_masks(model, sparsity, norms=norms, **method), source=model)
-    enc = tokenizer(prompt, return_tensors="pt").to(model_device(work))
-    out = work.generate(**enc, max_new_tokens=sample_tokens, do_sample=False,
-                        pad_token_id=tokenizer.pad_token_id)
-    return {"perplexity": perplexity(work, blocks, batch_size=batch_size, progress=False),
-            "layer_sparsity": layer_sparsity(work),
-            "sample": tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)}
-
-
-def plot_layer_sparsity(sparsity_by_layer: dict[str, float], ax=None):
-    """One line per projection type (q_proj, gate_proj...): sparsity against decoder layer index."""
-    import re
-
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3))
-    lines: dict[str, list[tuple[int, float]]] = {}
-    for name, value in sparsity_by_layer.items():
-        match = re.search(r"\.(\d+)\.(?:.*\.)?([^.]+)$", name)
-        if match:
-            lines.setdefault(match.group(2), []).append((int(match.group(1)), value))
-    for kind, points in sorted(lines.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker=".", label=kind)
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("weights pruned (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=4)
-    return ax
-
-
-def pruning_explorer(model: nn.Module, tokenizer, blocks: torch.Tensor, methods: dict[str, dict],
-                     norms: dict[str, torch.Tensor] | None = None, sparsity: float = 0.5,
-                     sample_tokens: int = 16, batch_size: int = 8):
-    """An ipywidgets explorer: a sparsity slider and a method choice; each change prunes a working
-    copy of ``model`` and shows perplexity on ``blocks``, the per-layer sparsity plot and a sample
-    generation. The first view is computed when it is built (so it also runs non-interactively).
-    ``model`` is not changed. Returns the widget; ``widget.last_view`` holds the latest view.
-    """
-    import copy
-
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    check_sparsity(sparsity)
-    if not methods:
-        raise ValueError("methods is empty: give at least one {label: pruning_masks keyword arguments}.")
-    work = copy.deepcopy(model)
-    slider = widgets.FloatSlider(value=sparsity, min=0.0, max=0.9, step=0.05, description="sparsity",
-                                 continuous_update=False, readout_format=".0%")
-    choice = widgets.Dropdown(options=list(methods), description="criterion")
-    output = widgets.Output()
-    box = widgets.VBox([widgets.HBox([slider, choice]), output])
-
-    def show(_=None):
-        view = explorer_view(work, model, tokenizer, blocks, slider.value, methods[choice.value], norms,
-                             sample_tokens=sample_tokens, batch_size=batch_size)
-        box.last_view = view
-        with output:
-            output.clear_output(wait=True)
-            print(f"{choice.value} at {slider.value:.0%}: perplexity {view['perplexity']:.2f}")
-            print(f"sample: {view['sample']!r}")
-            fig, ax = plt.subplots(figsize=(8, 3))
-            plot_layer_sparsity(view["layer_sparsity"], ax)
-            display(fig)
-            plt.close(fig)
-
-    slider.observe(show, names="value")
-    choice.observe(show, names="value")
-    show()
-    return box

@@ -10,7 +10,7 @@ MLP neuron is a row of ``gate_proj``/``up_proj`` (``c_fc`` in GPT-2) and a colum
 stream. A unit owns a set D of input columns of its block's output projection W
 (``down_proj``: one column per neuron; ``o_proj``: ``head_dim`` columns per head). With
 ``||X_d||_2`` the norm of input feature d over all calibration tokens (the Wanda statistic,
-:func:`course_lib.pruning.input_norms`)::
+:func:`course_lib.wanda.input_norms`)::
 
     score(unit) = sqrt( sum over d in D of ||X_d||_2^2 * ||W[:, d]||_2^2 )
 
@@ -36,7 +36,11 @@ import torch
 from torch import nn
 
 from .layers import conv1d_type, decoder_layers, linear_weight
-from .pruning import check_sparsity, input_norms, n_to_prune
+from .pruning import check_sparsity, n_to_prune
+from .wanda import input_norms
+
+__all__ = ["HEAD_UNITS", "mlp_neuron_scores", "mlp_weight_scores", "attention_head_scores",
+           "attention_head_weight_scores", "prune_mlp_neurons", "prune_attention_heads"]
 
 # (input projections, output projection, config attribute holding the width) per MLP family
 _MLP_LAYOUTS = (
@@ -126,7 +130,7 @@ def mlp_neuron_scores(model: nn.Module, calib_blocks: torch.Tensor | None, batch
     contribution to the block's output. Returns ``{layer index: tensor [intermediate_size]}``.
 
     Args:
-        norms: input norms already measured by :func:`course_lib.pruning.input_norms` on this
+        norms: input norms already measured by :func:`course_lib.wanda.input_norms` on this
             model (keyed by module name); then ``calib_blocks`` is not read again.
     """
     names, outputs = _module_names(model), {}
@@ -302,7 +306,7 @@ def prune_attention_heads(model: nn.Module, fraction: float, scores: dict[int, t
     new = copy.deepcopy(model)
     for i, layer in enumerate(decoder_layers(new)):
         attn = _attention(layer)
-        by_group = scores[i].float().view(kv, group)
+        by_group = scores[i].detach().float().cpu().view(kv, group)  # index bookkeeping on the CPU
         if unit == "query_heads":
             groups = torch.arange(kv)
             kept = [g * group + _top(by_group[g], keep_per_group) for g in groups.tolist()]

@@ -5,13 +5,12 @@ import torch
 from torch.nn.utils import prune
 
 from course_lib.layers import linear_layers, linear_weight
-from course_lib.pruning import (SIZES, apply_masks_, check_nm, check_sparsity, explorer_view,
-                                global_magnitude_prune_, input_norms, layer_sparsity,
-                                magnitude_mask, masked_perplexities, make_pruning_permanent_, n_to_prune, nm_mask,
-                                plot_layer_sparsity, prunable_layers, prune_with_torch_,
-                                pruned_copy, pruning_explorer, pruning_masks, score_mask,
-                                semi_structured_benchmark, semi_structured_support,
-                                sparsity_sweep, torch_masks, wanda_scores)
+from course_lib.pruning import (CRITERIA, SCOPES, SIZES, apply_masks_, check_nm, check_sparsity,
+                                global_magnitude_prune_, layer_sparsity, magnitude_mask, masked_perplexities,
+                                make_pruning_permanent_, n_to_prune, nm_mask, prunable_layers,
+                                prune_with_torch_, pruned_copy, pruning_masks, score_mask, sparsity_sweep,
+                                torch_masks, wanda_scores)
+from course_lib.wanda import input_norms
 from course_lib.profiles import sizes_for
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 
@@ -31,6 +30,8 @@ def test_sizes_table_is_complete():
         sizes = sizes_for(SIZES, profile)
         assert all(0 < s < 1 for s in sizes.sweep_sparsities) and sizes.recovery_steps >= 1
         assert 0.5 in sizes.sweep_sparsities  # the lesson compares N:M with the 50 % point
+        assert 1 <= sizes.sequential_calib_blocks <= 133 and sizes.explorer_blocks <= sizes.sweep_blocks
+    assert CRITERIA == ("magnitude", "wanda") and SCOPES == ("layer", "row", "global")
 
 
 def test_sparsity_checks():
@@ -96,42 +97,6 @@ def test_nm_mask_keeps_n_in_every_group(n, m):
         nm_mask(torch.rand(2, 6), 2, 4)
     with pytest.raises(ValueError, match="0 < N < M"):
         nm_mask(scores, 4, 4)
-
-
-def test_input_norms_by_hand():
-    model = tiny_llama(vocab_size=VOCAB)
-    blocks = _blocks()
-    norms = input_norms(model, blocks, batch_size=3, progress=False)
-    assert set(norms) == set(linear_layers(model))
-    seen = []
-    layer = model.model.layers[1].mlp.down_proj
-    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].reshape(-1, 128)))
-    with torch.no_grad():
-        model(input_ids=blocks)
-    handle.remove()
-    assert torch.allclose(norms["model.layers.1.mlp.down_proj"], torch.cat(seen).norm(dim=0), rtol=1e-4)
-    # q, k and v read the same input (and gate and up): the same norms
-    assert torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.0.self_attn.v_proj"])
-    assert not torch.equal(norms["model.layers.0.self_attn.q_proj"], norms["model.layers.1.self_attn.q_proj"])
-    with pytest.raises(ValueError, match="n_blocks"):
-        input_norms(model, blocks.flatten())
-
-
-def test_input_norms_measures_a_shared_input_once(monkeypatch):
-    model = tiny_llama(vocab_size=VOCAB)  # 2 decoder layers
-    calls = []
-    norm = torch.linalg.vector_norm
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return norm(*args, **kwargs)
-
-    monkeypatch.setattr(torch.linalg, "vector_norm", counting)
-    input_norms(model, _blocks(6), batch_size=3, progress=False)
-    # per layer and batch, 4 distinct inputs: (q, k, v), o, (gate, up), down; not 7, one per layer
-    assert len(calls) == 2 * 2 * 4
-    assert calls.count(torch.Size([3 * 16, 64])) == 2 * 2 * 3  # hidden-size inputs: qkv, o, gate/up
-    assert calls.count(torch.Size([3 * 16, 128])) == 2 * 2  # down_proj reads the MLP width
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
@@ -267,39 +232,6 @@ def test_masked_perplexities_match_pruned_copies():
         masked_perplexities(model, blocks, {})
 
 
-def test_semi_structured_path_is_guarded_on_cpu():
-    ok, reason = semi_structured_support("cpu")
-    assert not ok and "CUDA" in reason
-    with pytest.raises(ValueError, match="CUDA"):
-        semi_structured_benchmark(device="cpu")
-
-
-def test_explorer_view_and_widget(tokenizer):
-    import matplotlib.pyplot as plt
-
-    model = tiny_llama()  # the course vocabulary, to generate with the real tokenizer
-    before = _weights(model)
-    blocks = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
-    work = copy.deepcopy(model)
-    view = explorer_view(work, model, tokenizer, blocks, 0.5, {"criterion": "magnitude", "scope": "global"},
-                         sample_tokens=3)
-    assert view["perplexity"] > 0 and isinstance(view["sample"], str)
-    assert sum(view["layer_sparsity"].values()) / len(view["layer_sparsity"]) == pytest.approx(0.5, abs=0.05)
-    ax = plot_layer_sparsity(view["layer_sparsity"])
-    assert len(ax.get_lines()) == 7  # q, k, v, o, gate, up, down
-    plt.close("all")
-    widget = pruning_explorer(model, tokenizer, blocks, {"magnitude": {"criterion": "magnitude"}},
-                              sparsity=0.3, sample_tokens=2)
-    first = widget.last_view["perplexity"]
-    slider = widget.children[0].children[0]
-    slider.value = 0.8
-    assert widget.last_view["perplexity"] != first
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    plt.close("all")
-    with pytest.raises(ValueError, match="methods is empty"):
-        pruning_explorer(model, tokenizer, blocks, {})
-
-
 # --------------------------------------------------------------------------- exercise checkers
 
 
@@ -343,6 +275,8 @@ def test_wanda_score_checker(capsys):
 def test_nm_mask_checker(capsys):
     from course_lib.checks.pruning import check_nm_mask, reference_nm_mask
 
+    scores = torch.rand(2, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reference_nm_mask(scores, 2, 4).sum(1), torch.tensor([4, 4]))
     assert check_nm_mask(reference_nm_mask)
     capsys.readouterr()
     assert not check_nm_mask(lambda s, n, m: nm_mask(-s, n, m))
@@ -393,15 +327,39 @@ def test_prune_linear_layers_checker(capsys):
     assert "lm_head" in capsys.readouterr().out
 
 
-def test_csr_comparison_counts_bytes_and_times():
-    from course_lib.pruning import csr_comparison
+def test_prune_checker_separates_the_mistakes_learners_make(capsys):
+    """Each mistake gets its own hint, and none of them blames lm_head: the tiny models' tied
+    embedding has an all-zero padding row, which the old check took for a pruned lm_head."""
+    from course_lib.checks.pruning import check_prune_linear_layers
 
-    weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
-    rows = csr_comparison(weight, sparsities=(0.5, 0.9), tokens=8, min_run_time=0.01)
-    assert [r["sparsity"] for r in rows] == [0.5, 0.9]
-    assert rows[0]["dense_MB"] == pytest.approx(64 * 32 * 4 / 1e6)
-    nonzero = 64 * 32 - round(0.5 * 64 * 32)
-    assert rows[0]["csr_MB"] == pytest.approx((nonzero * (4 + 8) + 65 * 8) / 1e6)
-    assert all(r["dense_ms"] > 0 and r["csr_ms"] > 0 for r in rows)
-    with pytest.raises(ValueError, match=r"\[out, in\]"):
-        csr_comparison(torch.ones(3))
+    assert (tiny_llama(vocab_size=VOCAB).get_output_embeddings().weight == 0).any()  # the padding row
+
+    def each(method, pick=lambda model: prunable_layers(model).values(), amount_of=lambda a: a):
+        def fn(model, amount):
+            for module in pick(model):
+                method(module, name="weight", amount=amount_of(amount))
+                prune.remove(module, "weight")
+            return model
+        return fn
+
+    def only_nn_linear(model):
+        return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+
+    def global_ranking(model, amount):
+        params = [(m, "weight") for m in prunable_layers(model).values()]
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+        for module, _ in params:
+            prune.remove(module, "weight")
+        return model
+
+    mistakes = {
+        "Conv1D": each(prune.l1_unstructured, pick=only_nn_linear),  # misses GPT-2's layers
+        "global_unstructured": global_ranking,
+        "random_unstructured": each(prune.random_unstructured),
+        "fraction to *remove*": each(prune.l1_unstructured, amount_of=lambda a: 1 - a),
+    }
+    for hint, fn in mistakes.items():
+        assert not check_prune_linear_layers(fn)
+        out = capsys.readouterr().out
+        assert hint in out, (hint, out)
+        assert "lm_head" not in out, out

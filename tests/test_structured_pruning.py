@@ -5,7 +5,7 @@ from transformers.pytorch_utils import Conv1D
 
 from course_lib.layers import decoder_layers, linear_weight
 from course_lib.footprint import count_parameters
-from course_lib.structured_pruning import (attention_head_scores, attention_head_weight_scores,
+from course_lib.structured_pruning import (HEAD_UNITS, attention_head_scores, attention_head_weight_scores,
                                            mlp_neuron_scores, mlp_weight_scores, prune_attention_heads,
                                            prune_mlp_neurons)
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
@@ -47,7 +47,7 @@ def test_mlp_scores_are_contribution_norms():
     weight = mlp_weight_scores(model)
     assert torch.allclose(weight[0], model.model.layers[0].mlp.down_proj.weight.norm(dim=0))
     # precomputed norms of every linear layer give the same scores without a calibration pass
-    from course_lib.pruning import input_norms
+    from course_lib.wanda import input_norms
 
     norms = input_norms(model, blocks, progress=False)
     again = mlp_neuron_scores(model, None, norms=norms)
@@ -115,7 +115,7 @@ def test_head_scores_match_o_proj_columns():
     model = tiny_llama(vocab_size=VOCAB)  # 4 query heads of 16, 2 key-value heads
     scores = attention_head_scores(model, _blocks(), progress=False)
     assert scores[0].shape == (4,)
-    from course_lib.pruning import input_norms
+    from course_lib.wanda import input_norms
 
     again = attention_head_scores(model, None, norms=input_norms(model, _blocks(), progress=False))
     assert all(torch.allclose(again[i], scores[i]) for i in scores)
@@ -126,6 +126,7 @@ def test_head_scores_match_o_proj_columns():
 
 @pytest.mark.parametrize("unit,heads,kv", [("query_heads", 2, 2), ("kv_groups", 2, 1)])
 def test_prune_attention_heads_keeps_gqa_valid(unit, heads, kv, tmp_path):
+    assert unit in HEAD_UNITS
     model = tiny_llama(vocab_size=VOCAB)
     before = _state(model)
     pruned = prune_attention_heads(model, 0.5, scores=attention_head_scores(model, _blocks(), progress=False),

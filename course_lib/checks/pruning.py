@@ -9,8 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pruning import magnitude_mask, nm_mask, prunable_layers, score_mask
+from ..layers import linear_weight
+from ..pruning import layer_sparsity, magnitude_mask, nm_mask, prunable_layers, score_mask
 from . import Case, CheckResult, check_function
+
+__all__ = ["reference_magnitude_mask", "check_magnitude_mask", "reference_wanda_score", "check_wanda_score",
+           "reference_nm_mask", "check_nm_mask", "reference_prune_linear_layers", "check_prune_linear_layers"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -40,7 +44,8 @@ def _diagnose_mask_common(got, expected) -> str | None:
             return (f"you pruned {int((~got).sum())} weights; this case needs exactly "
                     f"{int((~expected).sum())}.")
     if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
-        return "return a boolean tensor (e.g. scores > threshold, or a torch.ones(..., dtype=torch.bool) you edit)."
+        return ("return a boolean tensor (e.g. scores > threshold, or a torch.ones(..., dtype=torch.bool, "
+                "device=weight.device) you edit).")
     return None
 
 
@@ -164,7 +169,8 @@ def _prune_cases() -> list[Case]:
     from ..tiny_models import tiny_gpt2, tiny_llama
 
     return [Case((tiny_llama(vocab_size=300), 0.3), label="tiny Llama, 30 %"),
-            Case((tiny_gpt2(vocab_size=300), 0.5), label="tiny GPT-2 (Conv1D layers), 50 %")]
+            Case((tiny_gpt2(vocab_size=300), 0.5), label="tiny GPT-2 (Conv1D layers), 50 %"),
+            Case((tiny_llama(vocab_size=300, seed=1), 0.8), label="tiny Llama, 80 %")]
 
 
 def _compare_models(got, expected) -> str | None:
@@ -184,6 +190,32 @@ def _compare_models(got, expected) -> str | None:
     return None
 
 
+def _zeros(t: torch.Tensor) -> int:
+    return int((t == 0).sum())
+
+
+def _diagnose_layers(got: nn.Module, expected: nn.Module, original: nn.Module, amount: float) -> str | None:
+    """Which layers the learner pruned, how much, and which weights, against the reference."""
+    mine, ref = layer_sparsity(got), layer_sparsity(expected)
+    untouched = [n for n in ref if mine[n] < 0.5 * ref[n]]
+    if untouched and len(untouched) < len(ref):
+        return (f"{len(untouched)} of {len(ref)} layers were not pruned (e.g. {untouched[0]}). GPT-2's layers "
+                "are transformers' Conv1D, not nn.Linear: loop over prunable_layers(model).values().")
+    if untouched:
+        return "no layer was pruned: prune each layer's 'weight' with prune.l1_unstructured."
+    if all(abs(mine[n] - (1 - amount)) < 0.02 for n in ref) and abs(amount - 0.5) > 0.02:
+        return "you pruned 1 - amount of each layer: amount is the fraction to *remove*."
+    if any(abs(mine[n] - ref[n]) > 1e-9 for n in ref):  # each layer loses exactly round(amount * n)
+        return ("the layers lost different fractions of their weights: prune each layer by `amount` on its "
+                "own (l1_unstructured per module), not all layers ranked together (global_unstructured).")
+    got_modules, before = dict(got.named_modules()), dict(original.named_modules())
+    for n in ref:
+        w0, kept = linear_weight(before[n]).detach().abs(), linear_weight(got_modules[n]).detach() != 0
+        if (~kept).any() and kept.any() and w0[~kept].max() > w0[kept].min():
+            return "the zeros are not the smallest weights: use prune.l1_unstructured (by |w|), not random_unstructured."
+    return None
+
+
 def _diagnose_prune(got, expected, case: Case) -> str | None:
     if isinstance(got, nn.Module) and not hasattr(got, "config"):
         return ("prune.l1_unstructured(module, ...) prunes *one* module and returns that module. The "
@@ -191,14 +223,15 @@ def _diagnose_prune(got, expected, case: Case) -> str | None:
                 "loop over the layers, prune each, and return the model.")
     if got is None:
         return "return the model at the end."
-    if isinstance(got, nn.Module) and any(n.endswith("weight_orig") for n, _ in got.named_parameters()):
+    if not isinstance(got, nn.Module):
+        return None
+    if any(n.endswith("weight_orig") for n, _ in got.named_parameters()):
         return "call prune.remove(module, 'weight') after pruning, to make the zeros permanent."
-    if isinstance(got, nn.Module):
-        head = got.get_output_embeddings().weight
-        if (head == 0).any():
-            return ("leave lm_head out: it is tied to the input embedding, so pruning it prunes "
-                    "the embedding too. course_lib.pruning.prunable_layers(model) lists the right layers.")
-    return None
+    # the tied embedding may hold zeros of its own (a padding row): compare with the reference's
+    if _zeros(got.get_output_embeddings().weight) > _zeros(expected.get_output_embeddings().weight):
+        return ("leave lm_head out: it is tied to the input embedding, so pruning it prunes "
+                "the embedding too. course_lib.pruning.prunable_layers(model) lists the right layers.")
+    return _diagnose_layers(got, expected, case.args[0], case.args[1])
 
 
 def check_prune_linear_layers(fn) -> CheckResult:

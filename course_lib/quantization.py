@@ -56,13 +56,20 @@ from .torch_int8 import *  # noqa: F401,F403
 # (6 x ~10 s) and generation timing, the lesson is estimated at 5-10 minutes on a T4. Memory:
 # at most fp32 model + a copy + QAT optimizer state (Adam, 2 x 538 MB) + activations of batch 8
 # = about 4 GB GPU, well within 15 GB.
+#
+# cpu profile (2 cores, the 10-minute budget): the reference cpu run of this lesson took 8.5 min
+# before QAT was added (benchmarks/RESULTS.md). QAT adds qat_steps 10 x batch 4: a full
+# fine-tuning step costs about 8.6 s at batch 8 (FACTS.md), so about 4.5 s at batch 4 plus
+# rounding every weight each step, about 50 s; its perplexity on 16 blocks about 5 s. The CPU
+# timing group adds one model (fp32 on CPU is the same model on a CPU machine). Estimate: 9.5 to
+# 10 minutes; not yet run on an idle machine.
 SIZES = {
     "smoke": {"ladder_eval_blocks": 2, "cpu_eval_blocks": 2, "static_calib_blocks": 2, "torchao_eval_blocks": 1,
-              "gptq_layers": 2, "qat_steps": 2, "qat_batch_size": 2},
+              "gptq_layers": 2, "qat_steps": 2, "qat_batch_size": 2, "qat_train_blocks": 4},
     "cpu": {"ladder_eval_blocks": 16, "cpu_eval_blocks": 16, "static_calib_blocks": 8, "torchao_eval_blocks": 4,
-            "gptq_layers": None, "qat_steps": 12, "qat_batch_size": 4},
+            "gptq_layers": None, "qat_steps": 10, "qat_batch_size": 4, "qat_train_blocks": 40},
     "gpu": {"ladder_eval_blocks": 64, "cpu_eval_blocks": 16, "static_calib_blocks": 8, "torchao_eval_blocks": 4,
-            "gptq_layers": None, "qat_steps": 40, "qat_batch_size": 8},
+            "gptq_layers": None, "qat_steps": 40, "qat_batch_size": 8, "qat_train_blocks": 128},
 }
 
 # Group size for whole-model experiments on SmolLM2: 64 divides both its hidden size (576) and

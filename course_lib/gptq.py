@@ -2,8 +2,9 @@
 columns absorb each rounding error, weighted by how the layer's real inputs are correlated.
 
 For a linear layer ``y = W x``, quantizing ``W`` to ``W_hat`` costs
-``E = sum over calibration tokens of ||(W - W_hat) x||^2 = tr((W - W_hat) H (W - W_hat)^T)`` with
-the Hessian ``H = 2 X^T X`` (``X``: the layer's calibration inputs, one token per row).
+``E = sum over calibration tokens of ||(W - W_hat) x||^2 = tr((W - W_hat) X^T X (W - W_hat)^T)
+= 1/2 tr((W - W_hat) H (W - W_hat)^T)`` with the Hessian ``H = 2 X^T X`` of ``E`` (``X``: the
+layer's calibration inputs, one token per row).
 Round-to-nearest ignores ``H``. GPTQ walks through the columns ``j = 0 .. in-1``: it rounds
 column ``j`` and spreads the error ``e = (w_j - q_j) / [H^-1]_jj`` over the columns not yet
 rounded, ``W[:, j+1:] -= e [H^-1]_{j, j+1:}`` (the Optimal Brain Surgeon update), using the
@@ -26,12 +27,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .device import model_device
+from .inference import batches, eval_mode
+from .int_quantization import check_bits, check_float, check_group, make_grid
 from .layers import decoder_layers, linear_layers, linear_weight, set_linear_weight
-from .quantization import _check_bits, _check_float, _check_group, make_grid
+
+__all__ = ["check_hessian", "gptq_quantize_weight", "first_block_inputs", "layer_hessians", "gptq_quantize_model_"]
 
 
-def _check_hessian(hessian: torch.Tensor, columns: int) -> None:
-    _check_float(hessian, "hessian")
+def check_hessian(hessian: torch.Tensor, columns: int) -> None:
+    """Raise ValueError unless ``hessian`` is a float ``[columns, columns]`` tensor."""
+    check_float(hessian, "hessian")
     if hessian.shape != (columns, columns):
         raise ValueError(f"hessian must be [in, in] = [{columns}, {columns}] for this weight, "
                          f"got {tuple(hessian.shape)}.")
@@ -48,16 +53,16 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         damp: ``damp * mean(diag H)`` is added to the diagonal of ``H`` (numerical stability).
         block_size: columns per lazy-batch update (a multiple of ``group_size``); it changes speed only.
     """
-    _check_float(weight)
-    _check_bits(bits)
+    check_float(weight)
+    check_bits(bits)
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}.")
     rows, columns = weight.shape
-    _check_hessian(hessian, columns)
+    check_hessian(hessian, columns)
     if not 0 <= damp < 1:
         raise ValueError(f"damp must be in [0, 1), got {damp}.")
     group = columns if group_size is None else group_size
-    _check_group(columns, group)
+    check_group(columns, group)
     if block_size % group and group % block_size:
         raise ValueError(f"block_size={block_size} must be a multiple or a divisor of group_size={group}.")
 
@@ -97,9 +102,10 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def _first_layer_inputs(model: nn.Module, blocks: torch.Tensor, batch_size: int):
-    """Per batch: the hidden states entering the first decoder block and the keyword arguments
-    (attention mask, position embeddings...) the model passes to every block."""
+def first_block_inputs(model: nn.Module, blocks: torch.Tensor, batch_size: int):
+    """Per batch of ``blocks``: the hidden states entering the first decoder block and the keyword
+    arguments (attention mask, position embeddings...) the model passes to every block, on the
+    model's device. The forward pass stops at the first block (nothing after it runs)."""
     first = decoder_layers(model)[0]
     captured = []
 
@@ -108,13 +114,13 @@ def _first_layer_inputs(model: nn.Module, blocks: torch.Tensor, batch_size: int)
         raise _StopForward
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    device = model_device(model)
     try:
-        for start in range(0, len(blocks), batch_size):
-            try:
-                model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
-            except _StopForward:
-                pass
+        with eval_mode(model):
+            for batch in batches(blocks, batch_size, model_device(model), desc="GPTQ inputs", progress=False):
+                try:
+                    model(input_ids=batch, use_cache=False)
+                except _StopForward:
+                    pass
     finally:
         handle.remove()
     return captured
@@ -132,25 +138,24 @@ def layer_hessians(block: nn.Module, inputs) -> dict[str, torch.Tensor]:
     ``(hidden_states, kwargs)``). Keys are the layers' names inside the block.
 
     Layers that read the same input tensor (q/k/v, gate/up) get the *same* Hessian object,
-    computed once.
+    computed once. "The same input" means the very same tensor object, held (not its address:
+    a freed buffer's address can be reused by an unrelated layer's input).
     """
     layers = linear_layers(block, exclude=())
     owner: dict[str, str] = {}  # layer name -> name of the layer whose Hessian it shares
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    last: dict = {"key": None, "name": None}
+    last: dict = {"input": None, "name": None}  # holds the previous layer's input tensor itself
     handles = []
 
     def make_hook(name):
         def hook(_, args):
-            x = args[0].detach()
-            key = (x.data_ptr(), tuple(x.shape))
-            if key == last["key"]:  # the same input as the previous layer: share its Hessian
+            if args[0] is last["input"]:  # the very same tensor as the previous layer: share its Hessian
                 owner.setdefault(name, last["name"])
                 return
             owner.setdefault(name, name)
-            last.update(key=key, name=owner[name])
-            x = x.reshape(-1, x.shape[-1]).float()
+            last.update(input=args[0], name=owner[name])
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             sums[owner[name]] = sums.get(owner[name], 0) + x.T @ x
             counts[owner[name]] = counts.get(owner[name], 0) + x.shape[0]
         return hook
@@ -159,9 +164,10 @@ def layer_hessians(block: nn.Module, inputs) -> dict[str, torch.Tensor]:
         handles.append(layer.register_forward_pre_hook(make_hook(name)))
     try:
         for hidden, kwargs in inputs:
-            last.update(key=None, name=None)
+            last.update(input=None, name=None)
             _run_block(block, hidden, kwargs)
     finally:
+        last.update(input=None, name=None)
         for h in handles:
             h.remove()
     hessians = {name: 2 * sums[name] / counts[name] for name in sums}
@@ -178,15 +184,27 @@ def gptq_quantize_model_(model: nn.Module, calibration_blocks: torch.Tensor, bit
     it), compute each linear layer's Hessian (:func:`layer_hessians`), quantize the weights with
     :func:`gptq_quantize_weight`, then run the quantized block to get the next block's inputs.
     The embedding and ``lm_head`` stay in float32. ``max_layers`` stops after that many blocks
-    (smoke tests only). Weights stay float32 ("fake" quantization).
+    (smoke tests only). Weights stay float32 ("fake" quantization). The model runs in evaluation
+    mode and gets its train/eval mode back afterwards.
+
+    Raises:
+        ValueError: ``calibration_blocks`` is not a 2-D tensor or has no rows (no calibration, no GPTQ).
     """
-    if calibration_blocks.ndim != 2:
-        raise ValueError(f"calibration_blocks must be [n_blocks, block_size] token ids, "
-                         f"got shape {tuple(calibration_blocks.shape)}.")
-    was_training = model.training
-    model.eval()
-    inputs = _first_layer_inputs(model, calibration_blocks, batch_size)
+    if not isinstance(calibration_blocks, torch.Tensor) or calibration_blocks.ndim != 2:
+        raise ValueError(f"calibration_blocks must be a [n_blocks, block_size] tensor of token ids, got "
+                         f"{tuple(getattr(calibration_blocks, 'shape', ())) or type(calibration_blocks).__name__}.")
+    if len(calibration_blocks) == 0:
+        raise ValueError("calibration_blocks is empty: GPTQ needs calibration text to build each layer's "
+                         "Hessian, e.g. data.token_blocks(tokenizer, 'calibration', 128, 32).")
+    inputs = first_block_inputs(model, calibration_blocks, batch_size)
     blocks = list(decoder_layers(model))[:max_layers]
+    with eval_mode(model):
+        _quantize_blocks_(blocks, inputs, bits, group_size, symmetric, damp, progress)
+    return model
+
+
+def _quantize_blocks_(blocks, inputs, bits, group_size, symmetric, damp, progress) -> None:
+    """GPTQ each decoder block in turn, feeding each the outputs of the quantized blocks before it."""
     for block in tqdm(blocks, desc=f"GPTQ {bits}-bit", disable=not progress):
         hessians = layer_hessians(block, inputs)
         shared: dict[int, list[str]] = {}  # layers with the same input (q/k/v, gate/up)
@@ -200,5 +218,3 @@ def gptq_quantize_model_(model: nn.Module, calibration_blocks: torch.Tensor, bit
             for layer, part in zip(layers, quantized.split([linear_weight(m).shape[0] for m in layers])):
                 set_linear_weight(layer, part)
         inputs = [(_run_block(block, hidden, kwargs), kwargs) for hidden, kwargs in inputs]
-    model.train(was_training)
-    return model

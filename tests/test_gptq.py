@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib.gptq import gptq_quantize_model_, gptq_quantize_weight, layer_hessians
-from course_lib.gptq import _first_layer_inputs
+from course_lib.gptq import first_block_inputs
 from course_lib.layers import linear_layers, linear_weight
 from course_lib.quantization import fake_quantize
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
@@ -72,7 +72,7 @@ def test_bad_input(kwargs, message):
 def test_layer_hessians_share_one_matrix_per_input():
     model = tiny_llama(vocab_size=300)
     blocks = torch.randint(0, 300, (4, 16))
-    inputs = _first_layer_inputs(model, blocks, batch_size=2)
+    inputs = first_block_inputs(model, blocks, batch_size=2)
     assert len(inputs) == 2 and inputs[0][0].shape == (2, 16, 64)
     H = layer_hessians(model.model.layers[0], inputs)
     assert set(H) == set(linear_layers(model.model.layers[0], exclude=()))

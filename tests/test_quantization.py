@@ -303,7 +303,7 @@ def test_input_channel_absmax_finds_the_largest_input():
         model(blocks)
     handle.remove()
     assert torch.allclose(input_channel_absmax(model, layer, blocks, batch_size=2), seen[0])
-    with pytest.raises(ValueError, match="never called"):
+    with pytest.raises(ValueError, match="not a part of model"):
         input_channel_absmax(model, nn.Linear(4, 4), blocks)
 
 

@@ -8,6 +8,11 @@ from ..quantization import (absmax_dequantize, absmax_quantize, fake_quantize, f
                             nf4_code_book)
 from . import Case, CheckResult, check_function, compare_values
 
+__all__ = ["reference_absmax_quantize", "check_absmax_quantize", "reference_absmax_dequantize",
+           "check_absmax_dequantize", "reference_groupwise_fake_quantize", "check_groupwise_fake_quantize",
+           "reference_nf4_code_book", "check_nf4_code_book", "reference_blockwise_code_book_quantize",
+           "check_blockwise_code_book_quantize"]
+
 
 def _weights(seed: int, shape, outlier: float | None = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
@@ -30,7 +35,9 @@ def _absmax_cases() -> list[Case]:
     return [Case((_weights(0, (8, 16)), 8), label="8 bits, random 8x16 weights"),
             Case((_weights(1, (4, 32)), 4), label="4 bits"),
             Case((_weights(2, (6, 10), outlier=-0.9), 3), label="3 bits, with a negative outlier"),
-            Case((_weights(3, (64,)), 8), label="8 bits, a 1-D tensor")]
+            Case((_weights(3, (64,)), 8), label="8 bits, a 1-D tensor"),
+            Case((torch.tensor([7.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.4, -3.6]), 4),
+                 label="4 bits, scale 1, exact halves (torch.round rounds a tie to the even integer)")]
 
 
 def _compare_quantized(got, expected) -> str | None:
@@ -57,6 +64,11 @@ def _diagnose_absmax(got, expected, case: Case) -> str | None:
     if abs(scale - absmax / qmax) <= 1e-6 * absmax:  # the scale is right: the codes are not
         if torch.equal(got[0].to(torch.int8), torch.trunc(w / scale).to(torch.int8)):
             return "round to the nearest integer with torch.round; .to(torch.int8) alone truncates toward zero."
+        if torch.equal(got[0].to(torch.int8), torch.floor(w / scale + 0.5).to(torch.int8)):
+            return ("an exact half must go to the even integer, as torch.round does (2.5 -> 2, -0.5 -> 0); "
+                    "floor(x + 0.5) rounds every half up.")
+        if torch.equal(got[0].to(torch.int8), torch.floor(w / scale).to(torch.int8)):
+            return "torch.floor rounds down; round to the nearest integer with torch.round."
         return "q = torch.round(w / scale), then .to(torch.int8)."
     if abs(scale - absmax / (2 ** bits - 1)) < 1e-9 or abs(scale - absmax / 2 ** (bits - 1)) < 1e-9:
         return f"with {bits} bits the symmetric codes go from -{qmax} to {qmax}: divide max|w| by 2**(bits-1) - 1."
@@ -113,7 +125,9 @@ def _group_cases() -> list[Case]:
     return [Case((_weights(10, (4, 16)), 4, 8), label="4x16 weight, 4 bits, groups of 8"),
             Case((_weights(11, (6, 64), outlier=1.5), 4, 32), label="an outlier in the first group"),
             Case((_weights(12, (3, 48)), 3, 16), label="3 bits, groups of 16"),
-            Case((_weights(13, (8, 128)), 8, 64), label="8 bits, groups of 64")]
+            Case((_weights(13, (8, 128)), 8, 64), label="8 bits, groups of 64"),
+            Case((torch.tensor([[7.0, 0.5, 2.5, -1.5], [-0.7, 0.1, 0.25, -0.35]]), 4, 4),
+                 label="exact halves, and rows whose groups need different scales")]
 
 
 def _diagnose_group(got, expected, case: Case) -> str | None:

@@ -38,11 +38,25 @@ __all__ = ["SIZES", "TARGET_PRESETS", "LoRALinear", "check_rank", "lora_paramete
            "trainable_parameters", "folder_size_bytes", "max_abs_logit_difference"]
 
 # Chapter 05 sizes. Steps and batch are shared by LoRA, full fine-tuning and QLoRA (same budget).
+# The sweep trains len(sweep_ranks) * len(sweep_lrs) adapters for each of the three alpha rules
+# (course_lib.lora_training.ALPHA_RULES).
+# cpu (2 cores, budget 10 min; the previous sizes took 12.4 min): main runs cut from 30 to 24 steps
+# and the numbers adapter from 20 to 12 (the date task is learned within ~20 steps at lr 3e-3);
+# the sweep grows from 2x3x6 = 36 to 3 rules x 2x3x4 = 72 short-answer steps (~1 s each at batch 4,
+# sequences of ~50 tokens, from FACTS' 5 s for 8 x 128 tokens). Estimate to confirm on an idle machine.
+# gpu (Colab T4; assumed 5 TFLOP/s fp32 sustained): a step of 16 examples x ~50 tokens = 800 tokens
+# costs 6 * 134.5e6 * 800 = 6.5e11 FLOPs (full fine-tuning, 0.13 s) and about 4 * 134.5e6 * 800 =
+# 4.3e11 (LoRA: no weight gradients, 0.09 s; QLoRA with on-the-fly dequantization, say 0.2 s).
+# 300 steps each of LoRA, full, numbers and QLoRA: 27 + 39 + 27 + 60 s; sweep 3 rules x 3 ranks x 5
+# rates x 100 steps = 4,500 LoRA steps = 405 s; evaluation (300-example exact match, 128-block
+# perplexity: 2 * 134.5e6 * 16,384 = 4.4e12 FLOPs, ~1 s) a few minutes in generation latency:
+# about 15 min in all. GPU memory: full fine-tuning 16 bytes x 134.5e6 = 2.2 GB plus logits
+# (16 x 64 x 49,152 x 4 B = 0.2 GB) and the lesson's ~6 model copies (0.54 GB each): < 6 GB of 15.
 SIZES = {
     "smoke": {"n_train": 64, "steps": 2, "batch_size": 2, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 2,
               "sweep_ranks": [2, 8], "sweep_lrs": [2e-4, 2e-3], "sweep_steps": 1, "sweep_eval": 4},
-    "cpu": {"n_train": 1000, "steps": 30, "batch_size": 4, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 20,
-            "sweep_ranks": [2, 16], "sweep_lrs": [2e-4, 2e-3, 2e-2], "sweep_steps": 6, "sweep_eval": 16},
+    "cpu": {"n_train": 1000, "steps": 24, "batch_size": 4, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 12,
+            "sweep_ranks": [2, 16], "sweep_lrs": [3e-4, 3e-3, 3e-2], "sweep_steps": 4, "sweep_eval": 16},
     "gpu": {"n_train": 4000, "steps": 300, "batch_size": 16, "lr": 2e-3, "full_lr": 2e-5, "numbers_steps": 300,
             "sweep_ranks": [2, 8, 32], "sweep_lrs": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "sweep_steps": 100,
             "sweep_eval": 300},

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .claims import INCONCLUSIVE, speedup_verdict
+from .claims import INCONCLUSIVE, lower_is_better, rate_comparison, speedup_verdict
 from .device import model_device, release_memory, synchronize
 from .lora import add_lora_, lora_config, trainable_parameters
 from .metrics import PeakMemory, answer_loss, relative_spread
@@ -31,8 +31,8 @@ from .footprint import footprint_bytes
 from .tasks import Example
 from .training import optimizer_state_bytes, task_batches, train
 
-__all__ = ["ALPHA_RULES", "FineTuneResult", "fine_tune", "step_time_claim", "lora_sweep", "best_per_rank",
-           "sweep_effects", "sweep_verdict"]
+__all__ = ["ALPHA_RULES", "FineTuneResult", "fine_tune", "step_time_claim", "forgetting_claim", "lora_sweep",
+           "best_per_rank", "sweep_effects", "sweep_verdict"]
 
 # How alpha follows the rank r in a sweep (scaling = alpha / r, or alpha / sqrt(r) for rsLoRA):
 ALPHA_RULES = ("fixed", "proportional", "rslora")
@@ -120,6 +120,23 @@ def step_time_claim(fast: FineTuneResult, slow: FineTuneResult, threshold: float
     ratio = statistics.median(times[1]) / statistics.median(times[0])
     spread = max(relative_spread(t) for t in times)
     return speedup_verdict(ratio, spread, threshold), ratio, spread
+
+
+def forgetting_claim(lora_ppl: float, full_ppl: float, lora_acc: float, full_acc: float, n_test: int,
+                     margin: float = 0.02):
+    """"LoRA forgets less than full fine-tuning", judged only at matched task accuracy.
+
+    Forgetting is the validation perplexity on general text after fine-tuning (lower: less
+    forgotten). A method that learned the task less has less reason to have moved, so when
+    :func:`course_lib.claims.rate_comparison` (``lora_acc``, ``full_acc``, ``n_test``) finds one
+    accuracy clearly higher the comparison is INCONCLUSIVE. At matched accuracy the verdict is
+    :func:`course_lib.claims.lower_is_better` on ``{"LoRA": lora_ppl, "full": full_ppl}``: True if the
+    full fine-tune's perplexity exceeds LoRA's by more than ``margin`` (relative), False if LoRA's
+    exceeds the full one's, INCONCLUSIVE within the margin.
+    """
+    if rate_comparison(lora_acc, full_acc, n_test) != INCONCLUSIVE:
+        return INCONCLUSIVE
+    return lower_is_better({"LoRA": lora_ppl, "full": full_ppl}, ["LoRA", "full"], margin)
 
 
 def _alpha_for(rule: str, alpha: float, r: int, reference_rank: int) -> tuple[float, bool]:

@@ -14,7 +14,7 @@ from course_lib.lora import (SIZES, TARGET_PRESETS, LoRALinear, add_lora_, check
 from course_lib.device import release_memory
 from course_lib.metrics import answer_loss
 from course_lib.lora_training import (ALPHA_RULES, FineTuneResult, best_per_rank, fine_tune, lora_sweep,
-                                      step_time_claim, sweep_effects, sweep_verdict)
+                                      step_time_claim, sweep_effects, sweep_verdict, forgetting_claim)
 from course_lib.qlora import QUANT_TYPES, load_qlora_base, merge_into_base_
 from course_lib.profiles import sizes_for
 from course_lib.tasks import Example
@@ -87,6 +87,14 @@ def test_step_time_claim_respects_the_spread():
     noisy = FineTuneResult(step_seconds=[9.0, 1.0, 3.0, 1.0, 3.0, 2.0])  # spread (3 - 1) / 2 = 1
     assert step_time_claim(steady(1.5), noisy)[0] == INCONCLUSIVE
     assert step_time_claim(steady(1.0), FineTuneResult(step_seconds=[1.0, 2.0]))[0] == INCONCLUSIVE
+
+
+def test_forgetting_is_judged_only_at_matched_accuracy():
+    assert forgetting_claim(20.0, 30.0, 0.90, 0.92, n_test=100) is True
+    assert forgetting_claim(30.0, 20.0, 0.90, 0.92, n_test=100) is False
+    assert forgetting_claim(20.0, 20.1, 0.90, 0.92, n_test=100) == INCONCLUSIVE  # within the 2 % margin
+    # full fine-tuning barely learned the task: its lower perplexity says nothing about forgetting
+    assert forgetting_claim(30.0, 20.0, 0.95, 0.20, n_test=100) == INCONCLUSIVE
 
 
 def test_fine_tune_records_one_time_per_step():
@@ -445,6 +453,22 @@ def test_count_checker_passes_the_reference(capsys):
 
     assert check_count_lora_parameters(reference_count_lora_parameters)
     assert "✅" in capsys.readouterr().out
+    llama = tiny_llama(vocab_size=64, hidden_size=32, num_layers=2)  # q_proj 32 -> 32 in each of 2 blocks
+    assert reference_count_lora_parameters(llama, 4, ["q_proj"]) == 2 * lora_parameter_count(32, 32, 4)
+    peft_model = add_lora_(copy.deepcopy(llama), r=4, targets=["q_proj", "v_proj"])
+    assert reference_count_lora_parameters(llama, 4, ["q_proj", "v_proj"]) == trainable_parameters(peft_model)["trainable"]
+
+
+def test_reference_lora_forward_is_the_layer_s_forward():
+    from course_lib.checks.lora import reference_lora_forward
+
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 4, bias=False), r=2, alpha=4)
+    with torch.no_grad():
+        layer.B.normal_()
+    x = torch.randn(3, 6)
+    expected = layer(x).detach()
+    assert torch.allclose(reference_lora_forward(x, layer.base.weight, layer.A, layer.B, 4, 2).detach(), expected, atol=1e-6)
 
 
 def test_merge_checker_passes_the_reference_and_explains_mistakes(capsys):

@@ -488,3 +488,20 @@ def test_merge_checker_passes_the_reference_and_explains_mistakes(capsys):
                                    layer.lora_B["default"].weight, 8, 4)
     layer.merge()
     assert torch.allclose(by_hand, layer.base_layer.weight, atol=1e-6)
+
+
+def test_merging_into_an_nf4_base_moves_the_logits(tmp_path):
+    """Merging into a 4-bit base re-quantizes W + (alpha / r) B A: the outputs change, unlike a float merge."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_llama(vocab_size=128, hidden_size=128, intermediate_size=256).save_pretrained(tmp_path)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = add_lora_(AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=nf4, device_map="cpu"),
+                      r=4, targets="all-linear", seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    merged, diff = merge_into_base_(model, torch.randint(0, 128, (2, 8)))
+    assert type(merged.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    assert diff > 1e-3  # the float merge of the same kind of adapter stays below 1e-4 (test above)

@@ -5,7 +5,8 @@ A linear layer ``y = x W^T`` with ``W`` of shape ``[out, in]`` is fine-tuned as
     W' = W + (alpha / r) * B @ A,      A: [r, in],  B: [out, r],  r << min(in, out)
 
 ``W`` stays frozen; only ``A`` and ``B`` train: ``r * (in + out)`` parameters instead of
-``in * out``. ``B`` starts at zero, so the model is exactly the pre-trained one at step 0 and the
+``in * out``. (LoRA factors the *update* ``Delta W = (alpha / r) B A``, not ``W`` itself: ``W`` keeps
+its full rank.) ``B`` starts at zero, so the model is exactly the pre-trained one at step 0 and the
 update grows from there; ``A`` starts random (Kaiming-uniform, as in peft) so that the gradient
 of ``B`` is not zero too. ``alpha / r`` keeps the size of the update comparable when ``r`` changes.
 
@@ -13,10 +14,12 @@ of ``B`` is not zero too. ``alpha / r`` keeps the size of the update comparable 
 * :func:`lora_config` / :func:`add_lora_`: peft's ``LoraConfig`` and ``get_peft_model`` with the
   course's checks (rank, target names, GPT-2's ``Conv1D`` needs ``fan_in_fan_out=True``).
 * :func:`lora_parameter_table`: ``W`` against ``A`` and ``B`` for every projection.
+* :func:`projection_names`: the kinds of linear layer by the shortest unambiguous path suffix
+  (``q_proj`` on Llama; ``attn.c_proj`` and ``mlp.c_proj`` on GPT-2, which share a short name).
 * :func:`trainable_parameters`, :func:`folder_size_bytes`, :func:`max_abs_logit_difference`.
 
-Training and comparing runs (:func:`fine_tune`, QLoRA, the sweep) are in
-:mod:`course_lib.lora_training`.
+Training and comparing runs (:func:`fine_tune`, the sweep) are in :mod:`course_lib.lora_training`,
+QLoRA's 4-bit base in :mod:`course_lib.qlora`.
 """
 
 from __future__ import annotations
@@ -27,23 +30,44 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .inference import eval_mode
 from .layers import is_linear, linear_layers, linear_weight, model_family
 
+__all__ = ["SIZES", "TARGET_PRESETS", "LoRALinear", "check_rank", "lora_parameter_count", "linear_module_names",
+           "projection_names", "resolve_targets", "lora_config", "add_lora_", "lora_parameter_table",
+           "trainable_parameters", "folder_size_bytes", "max_abs_logit_difference"]
+
 # Chapter 05 sizes. Steps and batch are shared by LoRA, full fine-tuning and QLoRA (same budget).
+# The sweep trains len(sweep_ranks) * len(sweep_lrs) adapters for each of the three alpha rules
+# (course_lib.lora_training.ALPHA_RULES).
+# cpu (2 cores, budget 10 min; the previous sizes took 12.4 min): main runs cut from 30 to 24 steps
+# and the numbers adapter from 20 to 12 (the date task is learned within ~20 steps at lr 3e-3);
+# the sweep grows from 2x3x6 = 36 to 3 rules x 2x3x4 = 72 short-answer steps (~1 s each at batch 4,
+# sequences of ~50 tokens, from FACTS' 5 s for 8 x 128 tokens). Estimate to confirm on an idle machine.
+# gpu (Colab T4; assumed 5 TFLOP/s fp32 sustained): a step of 16 examples x ~50 tokens = 800 tokens
+# costs 6 * 134.5e6 * 800 = 6.5e11 FLOPs (full fine-tuning, 0.13 s) and about 4 * 134.5e6 * 800 =
+# 4.3e11 (LoRA: no weight gradients, 0.09 s; QLoRA with on-the-fly dequantization, say 0.2 s).
+# 300 steps each of LoRA, full, numbers and QLoRA: 27 + 39 + 27 + 60 s; sweep 3 rules x 3 ranks x 5
+# rates x 100 steps = 4,500 LoRA steps = 405 s; evaluation (300-example exact match, 128-block
+# perplexity: 2 * 134.5e6 * 16,384 = 4.4e12 FLOPs, ~1 s) a few minutes in generation latency:
+# about 15 min in all. GPU memory: full fine-tuning 16 bytes x 134.5e6 = 2.2 GB plus logits
+# (16 x 64 x 49,152 x 4 B = 0.2 GB) and the lesson's ~6 model copies (0.54 GB each): < 6 GB of 15.
 SIZES = {
     "smoke": {"n_train": 64, "steps": 2, "batch_size": 2, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 2,
               "sweep_ranks": [2, 8], "sweep_lrs": [2e-4, 2e-3], "sweep_steps": 1, "sweep_eval": 4},
-    "cpu": {"n_train": 1000, "steps": 30, "batch_size": 4, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 20,
-            "sweep_ranks": [2, 16], "sweep_lrs": [2e-4, 2e-3, 2e-2], "sweep_steps": 6, "sweep_eval": 16},
+    "cpu": {"n_train": 1000, "steps": 24, "batch_size": 4, "lr": 3e-3, "full_lr": 5e-5, "numbers_steps": 12,
+            "sweep_ranks": [2, 16], "sweep_lrs": [3e-4, 3e-3, 3e-2], "sweep_steps": 4, "sweep_eval": 16},
     "gpu": {"n_train": 4000, "steps": 300, "batch_size": 16, "lr": 2e-3, "full_lr": 2e-5, "numbers_steps": 300,
             "sweep_ranks": [2, 8, 32], "sweep_lrs": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "sweep_steps": 100,
             "sweep_eval": 300},
 }
 
-# The original LoRA paper adapts the query and value projections; "attention" means all four.
+# The original LoRA paper adapts the query and value projections; "attention" means every
+# projection of the attention block. GPT-2 computes q, k and v in one layer (attn.c_attn) and its
+# output projection attn.c_proj shares the short name c_proj with mlp.c_proj: the path says which.
 TARGET_PRESETS = {
-    "q,v": {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",)},
-    "attention": {"llama": ("q_proj", "k_proj", "v_proj", "o_proj"), "gpt2": ("c_attn",)},
+    "q,v": {"llama": ("q_proj", "v_proj"), "gpt2": ("attn.c_attn",)},
+    "attention": {"llama": ("q_proj", "k_proj", "v_proj", "o_proj"), "gpt2": ("attn.c_attn", "attn.c_proj")},
 }
 
 
@@ -55,6 +79,8 @@ class LoRALinear(nn.Module):
     ``A`` ([r, in]) starts Kaiming-uniform (``a = sqrt(5)``, as ``nn.Linear`` and peft do), ``B``
     ([out, r]) starts at zero, so at initialisation the layer computes exactly ``base(x)``.
     The base layer is used, not copied: its parameters are set to ``requires_grad=False``.
+    ``A`` and ``B`` are created on the base layer's device and in its dtype (a layer on a GPU gets
+    its adapter on that GPU).
 
     Raises:
         ValueError: ``base`` is not an ``nn.Linear``, or ``r`` or ``alpha`` is not positive.
@@ -64,15 +90,16 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
-        _check_rank(r)
+        check_rank(r)
         if not alpha > 0:
             raise ValueError(f"lora alpha must be positive, got {alpha}.")
         self.base, self.r, self.alpha = base, r, alpha
         self.scaling = alpha / r
         for p in base.parameters():
             p.requires_grad_(False)
-        self.A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype))
-        self.B = nn.Parameter(torch.zeros(base.out_features, r, dtype=base.weight.dtype))
+        where = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.A = nn.Parameter(torch.empty(r, base.in_features, **where))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, **where))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -84,14 +111,15 @@ class LoRALinear(nn.Module):
         return self.base.weight + self.scaling * (self.B @ self.A)
 
 
-def _check_rank(r) -> None:
+def check_rank(r) -> None:
+    """Raise a ValueError unless ``r`` is a positive integer (a bool is not a rank)."""
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise ValueError(f"LoRA rank r must be a positive integer (e.g. 8), got {r!r}.")
 
 
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
     """Parameters LoRA trains for one ``[out, in]`` weight: ``r * in`` (A) + ``out * r`` (B)."""
-    _check_rank(r)
+    check_rank(r)
     return r * (in_features + out_features)
 
 
@@ -103,12 +131,46 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear(m) and name})
 
 
+def _matches(name: str, target: str) -> bool:
+    """peft's rule for a list of targets: the module name equals the target or ends with ``"." + target``."""
+    return name == target or name.endswith("." + target)
+
+
+def projection_names(model: nn.Module, exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, str]:
+    """``{full module name: kind}`` for every linear layer (except ``exclude``), where the kind is
+    the shortest suffix of the path that names no other kind of layer: ``q_proj`` on Llama,
+    ``attn.c_proj`` / ``mlp.c_proj`` on GPT-2 (the short name ``c_proj`` would merge them).
+
+    The kind of layer ``model.layers.3.self_attn.q_proj`` is its path after the block index
+    (``self_attn.q_proj``), shortened from the left while no other kind ends the same way.
+    """
+    def in_block(name):  # the path inside a decoder block: after the first numeric part
+        parts = name.split(".")
+        digits = [i for i, p in enumerate(parts) if p.isdigit()]
+        return ".".join(parts[digits[0] + 1:]) if digits else name
+
+    full = {name: in_block(name) for name in linear_layers(model, exclude=exclude)}
+    kinds = set(full.values())
+
+    def shortest(kind):
+        parts = kind.split(".")
+        for start in range(len(parts) - 1, -1, -1):
+            suffix = ".".join(parts[start:])
+            if not any(_matches(other, suffix) for other in kinds if other != kind):
+                return suffix
+        return kind
+
+    short = {kind: shortest(kind) for kind in kinds}
+    return {name: short[kind] for name, kind in full.items()}
+
+
 def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
     """Module names LoRA adapts: a preset (``"q,v"``, ``"attention"``, ``"all-linear"``) or names.
 
-    ``"all-linear"`` is every linear layer except the output head (with tied embeddings the head
-    *is* the embedding matrix), as in peft. Names match a module whose name equals them or ends
-    with ``"." + name``, as in peft.
+    ``"all-linear"`` is every kind of linear layer except the output head (with tied embeddings
+    the head *is* the embedding matrix), as in peft, named by :func:`projection_names`. A name
+    matches a module whose full name equals it or ends with ``"." + name``, as in peft, so a path
+    suffix (``"attn.c_proj"``) picks one of two layers that share a short name.
 
     Raises:
         ValueError: a name matches no linear layer (the message lists the model's linear layer
@@ -116,7 +178,7 @@ def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
     """
     if isinstance(targets, str):
         if targets == "all-linear":
-            return sorted({n.rsplit(".", 1)[-1] for n in linear_layers(model)})
+            return sorted(set(projection_names(model).values()))
         if targets in TARGET_PRESETS:
             return list(TARGET_PRESETS[targets][model_family(model)])
         raise ValueError(f"Unknown target preset {targets!r}; use one of "
@@ -126,10 +188,11 @@ def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
         raise ValueError("targets is empty: name at least one linear layer, e.g. ['q_proj', 'v_proj'].")
     names = [name for name, m in model.named_modules() if is_linear(m)]
     for target in targets:
-        if not any(n == target or n.endswith("." + target) for n in names):
+        if not any(_matches(n, target) for n in names):
             raise ValueError(
                 f"Target module {target!r} matches no linear layer of {type(model).__name__}. "
-                f"Its linear layer names are: {', '.join(linear_module_names(model))}."
+                f"Its linear layer names are: {', '.join(linear_module_names(model))} (a path suffix "
+                f"such as 'attn.c_proj' picks one of two layers with the same short name)."
             )
     return targets
 
@@ -137,10 +200,12 @@ def resolve_targets(model: nn.Module, targets="q,v") -> list[str]:
 # --------------------------------------------------------------------------- peft
 
 
-def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", dropout: float = 0.0):
+def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", dropout: float = 0.0,
+                rslora: bool = False):
     """A peft ``LoraConfig`` for ``model`` (causal LM), after checking every argument.
 
-    ``scaling = alpha / r``. For GPT-2 (``Conv1D`` layers, weight stored ``[in, out]``) it sets
+    ``scaling = alpha / r``, or ``alpha / sqrt(r)`` with ``rslora=True`` (rank-stabilized LoRA,
+    Kalajievski 2023: the update's size then no longer shrinks as ``r`` grows). For GPT-2 (``Conv1D`` layers, weight stored ``[in, out]``) it sets
     ``fan_in_fan_out=True`` so that peft transposes correctly; for ``nn.Linear`` models False.
 
     Raises:
@@ -149,14 +214,14 @@ def lora_config(model: nn.Module, r: int = 8, alpha: float = 16, targets="q,v", 
     """
     from peft import LoraConfig
 
-    _check_rank(r)
+    check_rank(r)
     if not alpha > 0:
         raise ValueError(f"lora alpha must be positive, got {alpha}.")
     if not 0 <= dropout < 1:
         raise ValueError(f"lora dropout must be in [0, 1), got {dropout}.")
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=resolve_targets(model, targets),
-                      fan_in_fan_out=model_family(model) == "gpt2", task_type="CAUSAL_LM")
+                      fan_in_fan_out=model_family(model) == "gpt2", task_type="CAUSAL_LM", use_rslora=bool(rslora))
 
 
 def _ignore_torchao_too_old_for_peft() -> None:
@@ -198,7 +263,7 @@ def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed
         raise ValueError("Give either a LoraConfig or keyword arguments for lora_config, not both.")
     else:
         resolve_targets(model, list(config.target_modules))
-        _check_rank(config.r)
+        check_rank(config.r)
     if seed is not None:
         torch.manual_seed(seed)
     _ignore_torchao_too_old_for_peft()
@@ -209,21 +274,23 @@ def add_lora_(model: nn.Module, config=None, adapter_name: str = "default", seed
 
 
 def lora_parameter_table(model: nn.Module, r: int = 8, targets="all-linear"):
-    """Per kind of projection: the shape of ``W`` (``[out, in]``), its parameters, LoRA's
+    """Per kind of projection (:func:`projection_names`, so GPT-2's ``attn.c_proj`` and
+    ``mlp.c_proj`` are separate rows): the shape of ``W`` (``[out, in]``), its parameters, LoRA's
     ``r * (in + out)``, the ratio, and how many layers have it. A pandas DataFrame with a total row.
+    A layer is counted when its name matches one of the targets as peft matches it.
     """
     import pandas as pd
 
     names = resolve_targets(model, targets)
+    modules = dict(model.named_modules())
     rows: dict[str, dict] = {}
-    for full_name, module in model.named_modules():
-        short = full_name.rsplit(".", 1)[-1]
-        if not is_linear(module) or short not in names:
+    for full_name, kind in projection_names(model, exclude=()).items():
+        if not any(_matches(full_name, t) for t in names):
             continue
-        out_f, in_f = linear_weight(module).shape
-        row = rows.setdefault(short, {"projection": short, "W shape [out, in]": f"{out_f} x {in_f}",
-                                      "W params": out_f * in_f, "A + B params": lora_parameter_count(in_f, out_f, r),
-                                      "layers": 0})
+        out_f, in_f = linear_weight(modules[full_name]).shape
+        row = rows.setdefault(kind, {"projection": kind, "W shape [out, in]": f"{out_f} x {in_f}",
+                                     "W params": out_f * in_f, "A + B params": lora_parameter_count(in_f, out_f, r),
+                                     "layers": 0})
         row["layers"] += 1
     table = pd.DataFrame(list(rows.values()))
     table["LoRA / W"] = (table["A + B params"] / table["W params"]).map(lambda v: f"{v:.2%}")
@@ -258,15 +325,13 @@ def folder_size_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-@torch.no_grad()
 def max_abs_logit_difference(model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tensor) -> float:
-    """``max |logits_a - logits_b|`` over every position and vocabulary entry, in eval mode."""
+    """``max |logits_a - logits_b|`` over every position and vocabulary entry, each model in eval
+    mode (:func:`course_lib.inference.eval_mode`) with ``input_ids`` moved to its device."""
     from .device import model_device
 
     outputs = []
     for model in (model_a, model_b):
-        was_training = model.training
-        model.eval()
-        outputs.append(model(input_ids=input_ids.to(model_device(model))).logits.float().cpu())
-        model.train(was_training)
+        with eval_mode(model):
+            outputs.append(model(input_ids=input_ids.to(model_device(model))).logits.float().cpu())
     return (outputs[0] - outputs[1]).abs().max().item()

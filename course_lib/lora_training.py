@@ -5,31 +5,44 @@
   exact bytes of weights, gradients and optimizer state, and (as context) peak memory.
 * Sweeps score runs by :func:`course_lib.metrics.answer_loss`, the held-out loss
   on answer tokens (teacher-forced): cheap and smooth.
-* :func:`load_qlora_base` loads the model in NF4 (bitsandbytes) ready for LoRA: QLoRA.
-* :func:`lora_sweep` and :func:`sweep_effects`: which matters more, rank or learning rate?
+* :func:`step_time_claim`: is one run faster per step than another, beyond the step times' spread?
+* :func:`lora_sweep`, :func:`best_per_rank`, :func:`sweep_effects` and :func:`sweep_verdict`:
+  which matters more, rank or learning rate, with ``alpha`` fixed, ``alpha`` proportional to ``r``
+  or rsLoRA's ``alpha / sqrt(r)``?
+
+QLoRA's 4-bit base is in :mod:`course_lib.qlora`.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from .device import model_device, pick_device, release_memory
+from .claims import INCONCLUSIVE, lower_is_better, rate_comparison, speedup_verdict
+from .device import model_device, release_memory, synchronize
 from .lora import add_lora_, lora_config, trainable_parameters
-from .metrics import PeakMemory, answer_loss
+from .metrics import PeakMemory, answer_loss, relative_spread
 from .footprint import footprint_bytes
 from .tasks import Example
 from .training import optimizer_state_bytes, task_batches, train
 
+__all__ = ["ALPHA_RULES", "FineTuneResult", "fine_tune", "step_time_claim", "forgetting_claim", "lora_sweep",
+           "best_per_rank", "sweep_effects", "sweep_verdict"]
+
+# How alpha follows the rank r in a sweep (scaling = alpha / r, or alpha / sqrt(r) for rsLoRA):
+ALPHA_RULES = ("fixed", "proportional", "rslora")
 
 @dataclass
 class FineTuneResult:
     """What one training run cost. Memory in bytes, time in seconds."""
 
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
     seconds: float = 0.0
     seconds_per_step: float = 0.0
     trainable_params: int = 0
@@ -74,47 +87,77 @@ def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     release_memory()
     torch.manual_seed(seed)
     batches = task_batches(tokenizer, examples, batch_size, seed=seed)
-    with PeakMemory(model_device(model)) as peak:
-        run = train(model, batches, steps=steps, lr=lr, warmup_steps=warmup_steps, progress=progress, desc=desc)
+    device = model_device(model)
+    ticks = [time.perf_counter()]
+
+    def tick(step, loss):  # called after each step; loss.item() has already waited for the device
+        synchronize(device)
+        ticks.append(time.perf_counter())
+
+    with PeakMemory(device) as peak:
+        run = train(model, batches, steps=steps, lr=lr, warmup_steps=warmup_steps, progress=progress, desc=desc,
+                    callback=tick)
     return FineTuneResult(
-        losses=run.losses, seconds=run.seconds, seconds_per_step=run.seconds_per_step,
+        losses=run.losses, step_seconds=[b - a for a, b in zip(ticks, ticks[1:])], seconds=run.seconds, seconds_per_step=run.seconds_per_step,
         trainable_params=counts["trainable"], total_params=counts["total"],
         optimizer_state_bytes=optimizer_state_bytes(model), gradient_bytes=gradients, weights_bytes=weights,
         peak_memory_bytes=peak.peak_bytes, memory_increase_bytes=peak.increase_bytes,
     )
 
 
-def load_qlora_base(name: str = "smollm2-135m", device=None, quant_type: str = "nf4"):
-    """QLoRA's base: the model with its linear layers in 4 bits (bitsandbytes ``nf4`` or ``fp4``,
-    compute in float32), prepared with peft's ``prepare_model_for_kbit_training`` (no gradient
-    checkpointing: the model is small). Returns ``(model, tokenizer)``; add LoRA with
-    :func:`course_lib.lora.add_lora_`.
+def step_time_claim(fast: FineTuneResult, slow: FineTuneResult, threshold: float = 1.0):
+    """Is run ``fast`` faster per step than run ``slow``, beyond the noise of the step times?
 
-    Raises:
-        ValueError: a device bitsandbytes does not support (the message says to use the CPU or
-            a CUDA GPU), or bitsandbytes is not installed (the message gives the pip command).
+    ``ratio = median(slow step seconds) / median(fast step seconds)`` and ``spread`` = the larger
+    :func:`course_lib.metrics.relative_spread` ((max - min) / median) of the two runs' step times,
+    the first step (warm-up: allocation of optimizer state) left out. The verdict is
+    :func:`course_lib.claims.speedup_verdict` (``ratio``, ``spread``, ``threshold``): INCONCLUSIVE when
+    the gap is within the spread or a run has fewer than three steps. Returns ``(verdict, ratio, spread)``.
     """
-    from peft import prepare_model_for_kbit_training
+    times = [run.step_seconds[1:] for run in (fast, slow)]
+    if min(len(t) for t in times) < 2:
+        return INCONCLUSIVE, float("nan"), float("nan")
+    ratio = statistics.median(times[1]) / statistics.median(times[0])
+    spread = max(relative_spread(t) for t in times)
+    return speedup_verdict(ratio, spread, threshold), ratio, spread
 
-    from .models import check_quantization_supported, load_model
 
-    if quant_type not in ("nf4", "fp4"):
-        raise ValueError(f"QLoRA stores the base in 4 bits: quant_type is 'nf4' or 'fp4', got {quant_type!r}.")
-    device = pick_device(device)
-    check_quantization_supported(quant_type, device)
-    model, tokenizer = load_model(name, quantization=quant_type, device=device)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, tokenizer
+def forgetting_claim(lora_ppl: float, full_ppl: float, lora_acc: float, full_acc: float, n_test: int,
+                     margin: float = 0.02):
+    """"LoRA forgets less than full fine-tuning", judged only at matched task accuracy.
+
+    Forgetting is the validation perplexity on general text after fine-tuning (lower: less
+    forgotten). A method that learned the task less has less reason to have moved, so when
+    :func:`course_lib.claims.rate_comparison` (``lora_acc``, ``full_acc``, ``n_test``) finds one
+    accuracy clearly higher the comparison is INCONCLUSIVE. At matched accuracy the verdict is
+    :func:`course_lib.claims.lower_is_better` on ``{"LoRA": lora_ppl, "full": full_ppl}``: True if the
+    full fine-tune's perplexity exceeds LoRA's by more than ``margin`` (relative), False if LoRA's
+    exceeds the full one's, INCONCLUSIVE within the margin.
+    """
+    if rate_comparison(lora_acc, full_acc, n_test) != INCONCLUSIVE:
+        return INCONCLUSIVE
+    return lower_is_better({"LoRA": lora_ppl, "full": full_ppl}, ["LoRA", "full"], margin)
+
+
+def _alpha_for(rule: str, alpha: float, r: int, reference_rank: int) -> tuple[float, bool]:
+    """``(lora_alpha, use_rslora)`` for a rule of :data:`ALPHA_RULES`."""
+    if rule == "fixed":
+        return alpha, False
+    if rule == "proportional":  # alpha / r stays alpha / reference_rank at every rank
+        return alpha * r / reference_rank, False
+    return alpha, True
 
 
 def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_examples: list[Example], *,
                ranks, lrs, steps: int, batch_size: int, alpha: float = 16, targets="q,v",
-               seed: int = 0):
+               seed: int = 0, alpha_rule: str = "fixed"):
     """Train a fresh LoRA adapter for every (rank, learning rate) pair and score it.
 
-    Each run copies ``base_model`` (which is not modified), keeps ``alpha`` fixed (so the
-    scaling ``alpha / r`` shrinks as ``r`` grows, as in the LoRA paper), trains ``steps`` steps on
-    the same batches, and records the final training loss (mean of the last 3 steps) and
+    Each run copies ``base_model`` (which is not modified) and sets the adapter's scaling by
+    ``alpha_rule``: ``"fixed"`` keeps ``alpha`` (scaling ``alpha / r`` shrinks as ``r`` grows, as in
+    the LoRA paper), ``"proportional"`` uses ``alpha * r / min(ranks)`` (scaling the same at every
+    rank), ``"rslora"`` keeps ``alpha`` with rsLoRA's scaling ``alpha / sqrt(r)``. It trains
+    ``steps`` steps on the same batches, and records the final training loss (mean of the last 3 steps) and
     :func:`~course_lib.metrics.answer_loss` on ``eval_examples``. A run whose loss becomes infinite or NaN is kept
     with ``diverged=True`` and infinite losses. Returns a pandas DataFrame, one row per run.
     """
@@ -122,10 +165,16 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
 
     if not ranks or not lrs:
         raise ValueError("lora_sweep needs at least one rank and one learning rate.")
+    if alpha_rule not in ALPHA_RULES:
+        raise ValueError(f"alpha_rule must be one of {ALPHA_RULES}, got {alpha_rule!r}.")
     rows = []
-    for r, lr in tqdm([(r, lr) for r in ranks for lr in lrs], desc="sweep"):
-        model = add_lora_(copy.deepcopy(base_model), lora_config(base_model, r=r, alpha=alpha, targets=targets))
-        row = {"rank": r, "lr": lr, "trainable": trainable_parameters(model)["trainable"]}
+    for r, lr in tqdm([(r, lr) for r in ranks for lr in lrs], desc=f"sweep (alpha {alpha_rule})"):
+        run_alpha, rslora = _alpha_for(alpha_rule, alpha, r, min(ranks))
+        model = add_lora_(copy.deepcopy(base_model),
+                          lora_config(base_model, r=r, alpha=run_alpha, targets=targets, rslora=rslora))
+        row = {"alpha rule": alpha_rule, "rank": r, "lr": lr, "alpha": run_alpha,
+               "scaling": run_alpha / (r ** 0.5 if rslora else r),
+               "trainable": trainable_parameters(model)["trainable"]}
         try:
             run = fine_tune(model, tokenizer, train_examples, steps=steps, lr=lr, batch_size=batch_size,
                             seed=seed, progress=False)
@@ -139,20 +188,55 @@ def lora_sweep(base_model, tokenizer, train_examples: list[Example], eval_exampl
     return pd.DataFrame(rows)
 
 
+def best_per_rank(results, score: str = "held-out answer loss"):
+    """The best run of each rank in a :func:`lora_sweep` table (lowest ``score`` over the learning
+    rates, diverged runs left out): one row per rank, so ranks are compared each at its own best
+    learning rate."""
+    import numpy as np
+
+    finite = results[np.isfinite(results[score])]
+    if finite.empty:
+        raise ValueError("Every run of the sweep diverged: lower the learning rates.")
+    return finite.loc[finite.groupby("rank")[score].idxmin()].reset_index(drop=True)
+
+
 def sweep_effects(results, score: str = "held-out answer loss") -> dict:
-    """How much the score moves with each knob, from a :func:`lora_sweep` table:
+    """How much the score moves with each knob, on a log scale, from a :func:`lora_sweep` table:
 
-        lr effect   = mean over ranks of (max - min of log(score) across learning rates)
-        rank effect = mean over learning rates of (max - min of log(score) across ranks)
+        rank effect = max - min over ranks of log(score of the rank at its best learning rate)
+        lr effect   = mean over ranks of the mean |log(score at a neighbouring learning rate of the
+                      grid) - log(score at the best one)|
 
-    On a log scale, so that "from 0.02 to 0.04" counts as much as "from 0.2 to 0.4". Diverged
-    runs (infinite score) are left out; the table must keep at least two ranks and two rates.
+    so the learning rate's effect is "one grid step away from the best rate", not "the worst rate
+    of the grid against the best", and each rank is judged at its own best rate. Diverged runs
+    (infinite score) are left out; at least two ranks and two learning rates must remain.
     """
     import numpy as np
 
     finite = results[np.isfinite(results[score])].assign(log_score=lambda d: np.log(d[score]))
     if finite["rank"].nunique() < 2 or finite["lr"].nunique() < 2:
         raise ValueError("sweep_effects needs at least two ranks and two learning rates (not diverged).")
-    spread = lambda s: s.max() - s.min()  # noqa: E731
-    return {"lr effect": float(finite.groupby("rank")["log_score"].agg(spread).mean()),
-            "rank effect": float(finite.groupby("lr")["log_score"].agg(spread).mean())}
+    best = finite.loc[finite.groupby("rank")["log_score"].idxmin()]
+    off_best = []
+    for _, group in finite.sort_values("lr").groupby("rank"):
+        logs = group["log_score"].tolist()
+        i = logs.index(min(logs))
+        neighbours = [logs[j] for j in (i - 1, i + 1) if 0 <= j < len(logs)]
+        if neighbours:
+            off_best.append(sum(abs(v - logs[i]) for v in neighbours) / len(neighbours))
+    return {"lr effect": float(np.mean(off_best)),
+            "rank effect": float(best["log_score"].max() - best["log_score"].min())}
+
+
+def sweep_verdict(effects: dict, factor: float = 2.0):
+    """"The learning rate matters far more than the rank": True if ``lr effect >= factor * rank
+    effect``, False if ``lr effect <= rank effect`` (the rank matters as much or more), otherwise
+    INCONCLUSIVE. Effects from :func:`sweep_effects`."""
+    if factor < 1:
+        raise ValueError(f"factor must be at least 1, got {factor}.")
+    lr, rank = effects["lr effect"], effects["rank effect"]
+    if lr >= factor * rank:
+        return True
+    if lr <= rank:
+        return False
+    return INCONCLUSIVE

@@ -6,6 +6,9 @@ import torch
 
 from . import Case, CheckResult, check_function
 
+__all__ = ["reference_lora_forward", "check_lora_forward", "reference_count_lora_parameters",
+           "check_count_lora_parameters", "reference_merge_lora", "check_merge_lora"]
+
 
 def _close(a, b) -> bool:
     return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-5, rtol=1e-4)
@@ -77,31 +80,54 @@ def _count_cases() -> list[Case]:
 
     llama = tiny_llama(vocab_size=300, hidden_size=32, intermediate_size=48, num_layers=2)
     gpt2 = tiny_gpt2(vocab_size=300, n_embd=32, n_layer=3)
-    return [Case((llama, 8, ["q_proj", "v_proj"]), label="tiny Llama, r=8, q_proj and v_proj"),
-            Case((llama, 2, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    # The all-linear case comes first: there "only q_proj" and "only matrix A" give different counts.
+    return [Case((llama, 2, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
                  label="tiny Llama, r=2, all linear layers but lm_head"),
+            Case((llama, 8, ["q_proj", "v_proj"]), label="tiny Llama, r=8, q_proj and v_proj"),
             Case((gpt2, 4, ["c_attn"]), label="tiny GPT-2 (Conv1D layers), r=4, c_attn")]
 
 
-def _diagnose_count(got, expected, case: Case) -> str | None:
+def _layer_counts(model, r: int, keep) -> list[tuple[str, int, int]]:
+    """``(name, out, in)`` of every linear layer whose name satisfies ``keep``."""
     from ..layers import is_linear, linear_weight
 
+    return [(n, *linear_weight(m).shape) for n, m in model.named_modules() if is_linear(m) and keep(n)]
+
+
+def _diagnose_count(got, expected, case: Case) -> str | None:
+    """Recognise the mistakes learners make: counting W, one matrix, r * in * out, lm_head or every
+    linear layer, one layer per kind instead of all of them, one target only, missing Conv1D."""
     model, r, targets = case.args
-    shapes = [linear_weight(m).shape for n, m in model.named_modules()
-              if is_linear(m) and n.rsplit(".", 1)[-1] in targets]
+    short = lambda n: n.rsplit(".", 1)[-1]  # noqa: E731
+    chosen = _layer_counts(model, r, lambda n: short(n) in targets)
+    lora = lambda layers: sum(r * (i + o) for _, o, i in layers)  # noqa: E731
     if got == 0 and expected:
         return ("nothing was counted. GPT-2 stores its projections as transformers' Conv1D, not "
                 "nn.Linear: course_lib.layers.is_linear(module) recognises both."
                 if any(type(m).__name__ == "Conv1D" for m in model.modules()) else
                 "nothing was counted: match a module when the last part of its name (after the last '.') is a target.")
-    if got == sum(o * i for o, i in shapes):
+    if got == sum(o * i for _, o, i in chosen):
         return "that is the size of the frozen weights W (out * in); LoRA trains A [r, in] and B [out, r]."
-    if got in (sum(r * i for o, i in shapes), sum(r * o for o, i in shapes)):
-        return "count both matrices: A has r * in parameters and B has out * r."
-    if got == sum(r * r for _ in shapes) or got == sum(o * i * r for o, i in shapes):
-        return "each adapted layer adds r * (in + out) parameters."
-    if shapes and got % len(shapes) == 0 and got != expected:
-        return f"check which layers you count: {len(shapes)} layers match {targets} in this model."
+    if got in (sum(r * i for _, o, i in chosen), sum(r * o for _, o, i in chosen)):
+        return "you counted one of the two matrices: A has r * in parameters and B has out * r."
+    if got == sum(r * o * i for _, o, i in chosen):
+        return "r * in * out multiplies the sizes; A [r, in] and B [out, r] add up: r * (in + out) per layer."
+    if got == sum(r * r for _ in chosen):
+        return "A is [r, in] and B is [out, r], not [r, r]: each adapted layer adds r * (in + out)."
+    everything = _layer_counts(model, r, lambda n: True)
+    if got == lora(everything):
+        heads = [n for n, _, _ in everything if short(n) not in targets]
+        return (f"you counted every linear layer, including {', '.join(heads[:3])}: count only those whose "
+                f"name ends with one of {targets}" + (" (lm_head is never adapted here)." if "lm_head" in heads else "."))
+    heads = _layer_counts(model, r, lambda n: short(n) == "lm_head")
+    if heads and got == expected + lora(heads):
+        return "you also counted lm_head, the output layer; it is not among the targets."
+    one_each = {short(n): r * (i + o) for n, o, i in chosen}
+    if got == sum(one_each.values()) and len(chosen) > len(one_each):
+        return (f"that is one layer of each kind; every block has them: {len(chosen)} layers match "
+                f"{targets} in this model. Sum over all of them.")
+    if got in {lora([layer for layer in chosen if short(layer[0]) == t]) for t in targets} and len(targets) > 1:
+        return f"you counted only one of the targets {targets}: a layer counts when its last name part is any of them."
     return None
 
 

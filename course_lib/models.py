@@ -15,7 +15,6 @@ Security: weights are read from safetensors or GGUF only; ``trust_remote_code`` 
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import torch
@@ -118,7 +117,6 @@ def load_model(
         else:
             kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": device}
-        _say_once("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast")
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as err:  # the hub answered the probe, then the download failed
@@ -141,29 +139,6 @@ def load_model(
         print(f"Loaded {name} from {source.description}: {type(model).__name__}, "
               f"{what}, on {device}" + ("" if quant else f", {n / 1e6:.1f} M parameters"))
     return model, tokenizer
-
-
-class _OnceFilter(logging.Filter):
-    """Let a repeated log message through the first time only."""
-
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix, self.seen = prefix, False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
-            return True
-        if self.seen:
-            return False
-        self.seen = True
-        return True
-
-
-def _say_once(logger_name: str, prefix: str) -> None:
-    """bitsandbytes' int8 matmul logs the same warning on every forward pass: show it once."""
-    logger = logging.getLogger(logger_name)  # filters apply only on the logger that emits
-    if not any(isinstance(f, _OnceFilter) and f.prefix == prefix for f in logger.filters):
-        logger.addFilter(_OnceFilter(prefix))
 
 
 def _tokenizer_from(location: str, local: bool):

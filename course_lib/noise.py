@@ -37,6 +37,9 @@ NOISE = [
      "raised inside torch.ao for every quantized layer; the torch.ao deprecation is said once by the lesson."),
     ("warnings", UserWarning, r"Please use quant_min and quant_max to specify the range for observers",
      "raised by PyTorch's own default qconfig, not by anything the learner wrote."),
+    ("warnings", FutureWarning, r"",
+     "transformers, peft and torch announce API changes planned for later releases to library authors; "
+     "the course pins versions it was tested with."),
 ]
 
 

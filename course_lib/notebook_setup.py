@@ -9,21 +9,20 @@ random generators, and returns the active :class:`~course_lib.profiles.Profile`.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import platform
 import random
 import re
-import warnings
 
 import numpy as np
 import torch
 
 from .device import pick_device
 from .model_sources import DEFAULT_MODEL, resolve_model_source
+from .noise import silence_library_noise
 from .profiles import Profile, get_profile
 
 __all__ = ["CHAPTERS", "REPO_URL", "REPO_BRANCH", "FIRST_CELL", "COLAB_BADGE_TAG", "first_cell", "github_repo",
-           "colab_badge", "versions", "quiet_library_noise", "seed_everything", "start"]
+           "colab_badge", "versions", "seed_everything", "start"]
 
 # Chapter numbers are the same in notebooks/, exercises/ and solutions/.
 CHAPTERS = {
@@ -117,14 +116,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def quiet_library_noise() -> None:
-    """Silence messages that say nothing to a learner (they stay in the library's logs)."""
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-
-
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch so that a notebook gives the same numbers on a rerun."""
     random.seed(seed)
@@ -136,7 +127,7 @@ def start(chapter: str, seed: int = 0) -> Profile:
     """Print the environment, seed everything, and return the active run profile."""
     if chapter not in CHAPTERS.values():
         raise ValueError(f"Unknown chapter {chapter!r}; chapters are {', '.join(CHAPTERS.values())}.")
-    quiet_library_noise()
+    silence_library_noise()
     seed_everything(seed)
     profile = get_profile()
     device = pick_device()

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from course_lib.notebook_setup import (CHAPTERS, first_cell, quiet_library_noise, seed_everything, start,
+from course_lib.notebook_setup import (CHAPTERS, first_cell, seed_everything, start,
                                        versions)
 
 
@@ -35,6 +35,15 @@ def test_seed_everything_makes_runs_repeatable():
     assert a[0] == b[0] and torch.equal(a[1], b[1])
 
 
-def test_quiet_library_noise_silences_torchao_logging():
-    quiet_library_noise()
-    assert logging.getLogger("torchao").getEffectiveLevel() >= logging.ERROR
+def test_start_silences_the_known_library_noise(capsys):
+    import warnings
+
+    start("00_baseline_and_metrics")
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    assert any(not f.filter(logging.LogRecord("x", logging.WARNING, "", 0, "MatMul8bitLt: inputs will be cast from "
+                                              "float32 to float16", None, None)) for f in logger.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        start("00_baseline_and_metrics")
+        warnings.warn("some future change", FutureWarning)
+    assert not caught

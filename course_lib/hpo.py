@@ -136,7 +136,7 @@ def lora_model_factory(base_model, target_modules="attention", alpha_per_rank: f
     Every call deep-copies ``base_model`` (which is never modified) and adds adapters of rank
     ``params.get("lora_rank", default_rank)`` with ``lora_alpha = alpha_per_rank * rank`` on
     ``target_modules`` (a preset of :func:`course_lib.lora.resolve_targets`, default all four
-    attention projections, ``c_attn`` on GPT-2, or a list of names, checked against the model);
+    attention projections, ``attn.c_attn`` and ``attn.c_proj`` on GPT-2, or a list of names, checked against the model);
     only the adapters train. ``seed`` seeds the random initialisation of the adapters' ``A``
     matrices, so the same ``params`` give the same initial model on every call (``None``: use
     torch's current random state, e.g. seeded by the caller). Chapter 05 explains LoRA itself.

@@ -112,7 +112,7 @@ class SecondDeviceTensor(torch.Tensor):
 
     def data_ptr(self):
         """The real tensor's address: on a GPU ``data_ptr`` works too, and code uses it to tell
-        distinct tensors apart (``course_lib.metrics.footprint_bytes``, tied-weight detection)."""
+        distinct tensors apart (``course_lib.footprint.footprint_bytes``, tied-weight detection)."""
         return self.elem.data_ptr()
 
     def tolist(self):

@@ -135,10 +135,10 @@ def test_lora_works_beside_a_torchao_older_than_peft_supports(monkeypatch):
 
 
 def test_wikitext_without_datasets_says_how_to_install(monkeypatch):
-    from course_lib import data, models
+    from course_lib import data, model_sources
 
-    monkeypatch.setattr(models, "hub_offline", lambda: False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(model_sources, "hub_offline", lambda: False)
+    monkeypatch.setattr(model_sources, "hub_reachable", lambda timeout=2.0: True)
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     data.load_text.cache_clear()
     with pytest.raises(ValueError, match=r"\[wikitext\]"):

@@ -148,8 +148,8 @@ def test_lora_factory_copies_the_base_and_uses_the_rank():
         lora_model_factory(base)({"lora_rank": 0})
     with pytest.raises(ValueError, match="matches no linear layer"):  # the lora library's target check
         lora_model_factory(base, target_modules=("c_attn",))({"lora_rank": 2})
-    gpt2 = lora_model_factory(tiny_gpt2(vocab_size=64))({"lora_rank": 2})  # default preset: c_attn on GPT-2
-    assert gpt2.peft_config["default"].fan_in_fan_out and set(gpt2.peft_config["default"].target_modules) == {"c_attn"}
+    gpt2 = lora_model_factory(tiny_gpt2(vocab_size=64))({"lora_rank": 2})  # default preset: attn.c_attn and attn.c_proj on GPT-2
+    assert gpt2.peft_config["default"].fan_in_fan_out and set(gpt2.peft_config["default"].target_modules) == {"attn.c_attn", "attn.c_proj"}
     tiny = tiny_model_factory(64)({})
     assert sum(p.numel() for p in tiny.parameters()) < 100_000
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import second_device as sd
 from course_lib.device import model_device
-from course_lib.metrics import footprint_bytes, generation_speed, perplexity
+from course_lib.metrics import generation_speed, perplexity
+from course_lib.footprint import footprint_bytes
 from course_lib.tiny_models import tiny_llama
 
 matplotlib.use("Agg")

@@ -214,6 +214,15 @@ def relative_spread(values) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
+def _timing_devices(models: dict) -> dict[str, str]:
+    """``{label: device}`` of the models to time; refuses models on different devices."""
+    devices = {name: str(model_device(m)) for name, m in models.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"compare_speeds times models on one device; these are on several: {devices}. "
+                         "Move them all to the same device first.")
+    return devices
+
+
 def compare_speeds(models: dict, tokenizer, new_tokens: int = 32, rounds: int = 3,
                    forward_input: torch.Tensor | None = None):
     """Time several models **side by side**, so that drift in the machine's speed hits all alike.
@@ -238,10 +247,7 @@ def compare_speeds(models: dict, tokenizer, new_tokens: int = 32, rounds: int = 
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}.")
     names = list(models)
-    devices = {name: str(model_device(m)) for name, m in models.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"compare_speeds times models on one device; these are on several: {devices}. "
-                         "Move them all to the same device first.")
+    devices = _timing_devices(models)
     for name in tqdm(names, desc="warm-up", disable=len(names) < 2, leave=False):
         generation_speed(models[name], tokenizer, new_tokens=new_tokens, repeats=1, warmup=0)
         if forward_input is not None:

@@ -15,6 +15,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import warnings
@@ -37,6 +38,8 @@ NOISE = [
      "raised inside torch.ao for every quantized layer; the torch.ao deprecation is said once by the lesson."),
     ("warnings", UserWarning, r"Please use quant_min and quant_max to specify the range for observers",
      "raised by PyTorch's own default qconfig, not by anything the learner wrote."),
+    ("warnings", "optuna.exceptions.ExperimentalWarning", r"is experimental \(supported from v",
+     "Optuna marks its matplotlib plots as experimental (their interface may change); they work as shown."),
     ("warnings", FutureWarning, r"",
      "transformers, peft and torch announce API changes planned for later releases to library authors; "
      "the course pins versions it was tested with."),
@@ -63,6 +66,12 @@ def silence_library_noise() -> list[str]:
             if not any(isinstance(f, MessageFilter) and f.pattern.pattern == pattern for f in logger.filters):
                 logger.addFilter(MessageFilter(pattern))
         else:
+            if isinstance(target, str):  # a category of an optional library, imported only if installed
+                module, _, name = target.rpartition(".")
+                try:
+                    target = getattr(importlib.import_module(module), name)
+                except ImportError:
+                    continue
             warnings.filterwarnings("ignore", message=pattern, category=target)
         silenced.append(pattern)
     return silenced

@@ -14,6 +14,8 @@ top. Gradients flow *through* the 4-bit weights but never *into* them.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .device import pick_device
@@ -67,7 +69,12 @@ def merge_into_base_(peft_model, input_ids: torch.Tensor):
         raise ValueError(f"{type(peft_model).__name__} has no adapter to merge: pass the model add_lora_ returned.")
     with eval_mode(peft_model):
         before = peft_model(input_ids=input_ids.to(model_device(peft_model))).logits.float().cpu()
-    merged = peft_model.merge_and_unload()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = peft_model.merge_and_unload()
+    if any("rounding errors" in str(w.message) for w in caught):
+        print("peft warns that merging into a 4-bit layer re-quantizes the merged weight (rounding): the "
+              "difference below measures how much.")
     with eval_mode(merged):
         after = merged(input_ids=input_ids.to(model_device(merged))).logits.float().cpu()
     return merged, (before - after).abs().max().item()

@@ -92,7 +92,8 @@ def _module_names(model: nn.Module) -> dict[nn.Module, str]:
 
 def _check_float(model: nn.Module) -> None:
     for name, p in model.named_parameters():
-        if not p.is_floating_point() or type(p) not in (torch.Tensor, nn.Parameter):
+        packed = hasattr(p, "quant_state") or hasattr(p, "SCB") or hasattr(p, "tensor_impl")  # bnb, torchao
+        if not p.is_floating_point() or packed:
             raise ValueError(f"Parameter {name} is quantized ({type(p).__name__}, {p.dtype}); structured "
                              "pruning needs a floating-point model. Prune first, quantize afterwards.")
 

@@ -67,7 +67,10 @@ def install_for_course() -> None:
     def load_model(name=course_models.DEFAULT_MODEL, quantization=None, device=None, **kwargs):
         if quantization is not None and (device is None or is_second_device(device)):
             device = "cpu"  # bitsandbytes kernels need real memory: quantized models stay on the CPU
-        return original_load(name, quantization=quantization, device=device, **kwargs)
+        model, tokenizer = original_load(name, quantization=quantization, device=device, **kwargs)
+        if quantization is not None:
+            model.on_cpu_for_the_second_device = True  # on a GPU it would be on the GPU with the others
+        return model, tokenizer
 
     def check_quantization_supported(quantization, device):
         return original_check(quantization, torch.device("cpu") if is_second_device(device) else device)
@@ -76,6 +79,7 @@ def install_for_course() -> None:
         with suspended():
             return original_from_pretrained(cls, *args, **kwargs)
 
+    _patch_libraries_that_special_case_meta(course_models)
     pick_device.__doc__ = original_pick.__doc__ + "\n    (Patched by tests/nb_startup/second_device_plugin.py.)"
     pick_device.second_device = True
     load_model.__doc__ = original_load.__doc__
@@ -84,6 +88,57 @@ def install_for_course() -> None:
     course_models.check_quantization_supported = check_quantization_supported
     PreTrainedModel.from_pretrained = classmethod(from_pretrained)
     second_device.enter()
+
+
+def _patch_libraries_that_special_case_meta(course_models) -> None:
+    """The second device reports itself as ``meta``, which some libraries treat as "not loaded yet".
+    These patches give such places what they would see on a GPU; each says why.
+
+    * peft does not move a new adapter to its base layer's device when another adapter of that
+      layer is on ``meta`` (``_move_adapter_to_device_of_base_layer``); on a GPU it moves it.
+    * ``transformers.TrainingArguments.device`` is the GPU when one is present and ``use_cpu`` is
+      False (the course's ``training.trainer_arguments`` sets ``use_cpu`` from ``pick_device()``);
+      here that is the second device.
+    * bitsandbytes models load on the real CPU here (see ``load_model`` above); for
+      ``metrics.compare_speeds``' one-device rule they count as on the second device, where a GPU
+      would have them. Their inputs still go to ``model_device(model)``, the CPU, and mixing is caught.
+    """
+    import course_lib.metrics as course_metrics
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import TrainingArguments
+
+    original_move = BaseTunerLayer._move_adapter_to_device_of_base_layer
+
+    def move_adapter(self, adapter_name, device=None):
+        original_move(self, adapter_name, device)
+        base = self.get_base_layer()
+        weight = getattr(base, "weight", None)
+        if device is None and weight is not None and second_device.on_second_device(weight):
+            for layer_name in self.adapter_layer_names + self.other_param_names:
+                layer = getattr(self, layer_name, None)
+                if isinstance(layer, torch.nn.ModuleDict) and adapter_name in layer:
+                    layer[adapter_name] = layer[adapter_name].to(SECOND_DEVICE)
+
+    original_device = TrainingArguments.device
+
+    def trainer_device(self):
+        if not self.use_cpu and not torch.cuda.is_available():
+            return SECOND_DEVICE
+        return original_device.fget(self)
+
+    original_devices = course_metrics._timing_devices
+
+    def timing_devices(models):
+        stand_ins = {n: m for n, m in models.items() if getattr(m, "on_cpu_for_the_second_device", False)}
+        if not stand_ins or len(stand_ins) == len(models):
+            return original_devices(models)
+        others = original_devices({n: m for n, m in models.items() if n not in stand_ins})
+        device = next(iter(others.values()))
+        return {n: others.get(n, device) for n in models}
+
+    BaseTunerLayer._move_adapter_to_device_of_base_layer = move_adapter
+    TrainingArguments.device = property(trainer_device)
+    course_metrics._timing_devices = timing_devices
 
 
 STARTUP = '''\

@@ -96,9 +96,10 @@ def _patch_libraries_that_special_case_meta(course_models) -> None:
 
     * peft does not move a new adapter to its base layer's device when another adapter of that
       layer is on ``meta`` (``_move_adapter_to_device_of_base_layer``); on a GPU it moves it.
-    * ``transformers.TrainingArguments.device`` is the GPU when one is present and ``use_cpu`` is
-      False (the course's ``training.trainer_arguments`` sets ``use_cpu`` from ``pick_device()``);
-      here that is the second device.
+    * ``transformers.TrainingArguments.device`` and accelerate's default device (where the
+      ``Trainer`` places the model) are the GPU when one is present and ``use_cpu`` is False (the
+      course's ``training.trainer_arguments`` sets ``use_cpu`` from ``pick_device()``); here that
+      is the second device.
     * bitsandbytes models load on the real CPU here (see ``load_model`` above); for
       ``metrics.compare_speeds``' one-device rule they count as on the second device, where a GPU
       would have them. Their inputs still go to ``model_device(model)``, the CPU, and mixing is caught.
@@ -119,12 +120,17 @@ def _patch_libraries_that_special_case_meta(course_models) -> None:
                 if isinstance(layer, torch.nn.ModuleDict) and adapter_name in layer:
                     layer[adapter_name] = layer[adapter_name].to(SECOND_DEVICE)
 
+    from accelerate.state import PartialState
+
     original_device = TrainingArguments.device
+    original_default = PartialState.default_device
 
     def trainer_device(self):
-        if not self.use_cpu and not torch.cuda.is_available():
-            return SECOND_DEVICE
-        return original_device.fget(self)
+        device = original_device.fget(self)  # sets up the distributed state the Trainer reads
+        return SECOND_DEVICE if not self.use_cpu and not torch.cuda.is_available() else device
+
+    def accelerate_default_device(self):  # where accelerate (and so the Trainer) places the model
+        return SECOND_DEVICE if not torch.cuda.is_available() else original_default.fget(self)
 
     original_devices = course_metrics._timing_devices
 
@@ -138,6 +144,7 @@ def _patch_libraries_that_special_case_meta(course_models) -> None:
 
     BaseTunerLayer._move_adapter_to_device_of_base_layer = move_adapter
     TrainingArguments.device = property(trainer_device)
+    PartialState.default_device = property(accelerate_default_device)
     course_metrics._timing_devices = timing_devices
 
 

@@ -38,7 +38,7 @@ NOISE = [
      "raised inside torch.ao for every quantized layer; the torch.ao deprecation is said once by the lesson."),
     ("warnings", UserWarning, r"Please use quant_min and quant_max to specify the range for observers",
      "raised by PyTorch's own default qconfig, not by anything the learner wrote."),
-    ("warnings", "optuna.exceptions.ExperimentalWarning", r"is experimental \(supported from v",
+    ("warnings", "optuna.exceptions.ExperimentalWarning", r".*is experimental \(supported from v",
      "Optuna marks its matplotlib plots as experimental (their interface may change); they work as shown."),
     ("warnings", FutureWarning, r"",
      "transformers, peft and torch announce API changes planned for later releases to library authors; "

@@ -115,6 +115,13 @@ class SecondDeviceTensor(torch.Tensor):
         distinct tensors apart (``course_lib.footprint.footprint_bytes``, tied-weight detection)."""
         return self.elem.data_ptr()
 
+    @property
+    def is_meta(self):
+        """False, as on a GPU: the ``meta`` device type is only this stand-in's label. Libraries treat
+        real meta tensors as "no data yet" (``load_state_dict`` skips copying into them, peft does
+        not move adapters next to them); tensors on the second device hold data."""
+        return False
+
     def tolist(self):
         """As on CUDA, ``tolist`` copies to Python objects."""
         return self.elem.tolist()

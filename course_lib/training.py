@@ -187,7 +187,7 @@ def trainer_arguments(output_dir: str, steps: int, lr: float, batch_size: int, w
                     lr_scheduler_type="linear", warmup_steps=warmup_steps, weight_decay=0.0,
                     max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
                     report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0,
-                    use_cpu=pick_device().type == "cpu")
+                    use_cpu=pick_device().type == "cpu", dataloader_pin_memory=pick_device().type == "cuda")
     settings.update(overrides)
     return TrainingArguments(**settings)
 

@@ -88,6 +88,7 @@ def test_trainer_route_helpers(tmp_path):
 
     args = trainer_arguments(str(tmp_path), steps=3, lr=1e-3, batch_size=2, warmup_steps=1, logging_steps=2)
     assert args.max_steps == 3 and args.max_grad_norm == 1.0 and args.logging_steps == 2 and args.use_cpu
+    assert not args.dataloader_pin_memory  # pinning is for GPUs; on a CPU torch warns about it
     with pytest.raises(ValueError, match="steps >= 1"):
         trainer_arguments(str(tmp_path), steps=0, lr=1e-3, batch_size=2)
     data = blocks_dataset(torch.randint(0, 64, (3, 8)))

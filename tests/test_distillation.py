@@ -306,12 +306,18 @@ def test_distillation_trainer_neither_moves_nor_switches_the_callers_teacher(tmp
     assert next(elsewhere.parameters()).device.type == "meta"  # refused, not moved
 
 
+def _kd_setup(tmp_path):
+    """A teacher, a smaller student, one stacked batch of two 8-token blocks and Trainer arguments."""
+    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
+    rows = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
+    batch = {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
+    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    return teacher, student, batch, args
+
+
 def test_distillation_trainer_loss_is_the_kd_loss_not_plain_cross_entropy(tmp_path):
     """What the lesson's claim row checks: a dummy trainer returning plain CE would fail it."""
-    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
-    batch = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
-    batch = {k: torch.stack([row[k] for row in batch]) for k in batch[0]}
-    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    teacher, student, batch, args = _kd_setup(tmp_path)
     trainer = DistillationTrainer(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.0)
     got = trainer.compute_loss(student, batch).item()
     with torch.no_grad():
@@ -384,10 +390,7 @@ def test_reference_solutions_are_the_library_formulas():
 def test_trainer_loss_check_tells_a_distillation_trainer_from_a_plain_ce_one(tmp_path):
     from course_lib.claims import INCONCLUSIVE
 
-    teacher, student = tiny_llama(vocab_size=64, seed=1), tiny_llama(vocab_size=64, num_layers=1, seed=2)
-    rows = blocks_dataset(torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0)))
-    batch = {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
-    args = trainer_arguments(str(tmp_path), steps=1, lr=1e-3, batch_size=2, disable_tqdm=True)
+    teacher, student, batch, args = _kd_setup(tmp_path)
     real = DistillationTrainer(model=student, args=args, teacher_model=teacher, temperature=2.0, alpha=0.5)
     check = trainer_loss_check(real, batch)
     assert check["holds"] is True and check["loss"] == pytest.approx(check["kd"], rel=1e-5)

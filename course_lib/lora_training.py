@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .claims import INCONCLUSIVE, lower_is_better, rate_comparison, speedup_verdict
-from .device import model_device, release_memory, synchronize
+from .device import model_device, release_memory
 from .lora import add_lora_, lora_config, trainable_parameters
 from .metrics import PeakMemory, answer_loss, relative_spread
 from .footprint import footprint_bytes
@@ -87,18 +86,10 @@ def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: floa
     release_memory()
     torch.manual_seed(seed)
     batches = task_batches(tokenizer, examples, batch_size, seed=seed)
-    device = model_device(model)
-    ticks = [time.perf_counter()]
-
-    def tick(step, loss):  # called after each step; loss.item() has already waited for the device
-        synchronize(device)
-        ticks.append(time.perf_counter())
-
-    with PeakMemory(device) as peak:
-        run = train(model, batches, steps=steps, lr=lr, warmup_steps=warmup_steps, progress=progress, desc=desc,
-                    callback=tick)
+    with PeakMemory(model_device(model)) as peak:
+        run = train(model, batches, steps=steps, lr=lr, warmup_steps=warmup_steps, progress=progress, desc=desc)
     return FineTuneResult(
-        losses=run.losses, step_seconds=[b - a for a, b in zip(ticks, ticks[1:])], seconds=run.seconds, seconds_per_step=run.seconds_per_step,
+        losses=run.losses, step_seconds=run.step_seconds, seconds=run.seconds, seconds_per_step=run.seconds_per_step,
         trainable_params=counts["trainable"], total_params=counts["total"],
         optimizer_state_bytes=optimizer_state_bytes(model), gradient_bytes=gradients, weights_bytes=weights,
         peak_memory_bytes=peak.peak_bytes, memory_increase_bytes=peak.increase_bytes,

@@ -88,6 +88,7 @@ def lr_at(step: int, steps: int, lr: float, warmup_steps: int) -> float:
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step, from one clock
     seconds: float = 0.0
     steps: int = 0
 
@@ -123,7 +124,7 @@ def train(model, batches: Iterator[dict], steps: int, lr: float, warmup_steps: i
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     result = TrainResult()
     model.train()
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
@@ -137,12 +138,15 @@ def train(model, batches: Iterator[dict], steps: int, lr: float, warmup_steps: i
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
-        result.losses.append(loss.item())
+        result.losses.append(loss.item())  # .item() waits for the device, so the clock below is honest
+        now = time.perf_counter()
+        result.step_seconds.append(now - last)
+        last = now
         result.steps = step + 1
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
         if callback is not None and callback(step, result.losses[-1]):
             break
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - start  # >= sum(step_seconds): it also holds the last callback
     model.eval()
     optimizer.zero_grad(set_to_none=True)
     return result

@@ -101,7 +101,7 @@ def test_fine_tune_records_one_time_per_step():
     run = fine_tune(add_lora_(tiny_llama(vocab_size=256), r=2), CharTokenizer(), EXAMPLES, steps=3, lr=1e-3,
                     batch_size=2, progress=False)
     assert len(run.step_seconds) == 3 and all(t > 0 for t in run.step_seconds)
-    assert sum(run.step_seconds) <= run.seconds * 1.01 + 1e-3
+    assert sum(run.step_seconds) <= run.seconds  # both from train()'s one clock
 
 
 def test_merge_into_base_reports_the_logit_change():

@@ -20,6 +20,8 @@ def test_training_lowers_the_loss_on_a_tiny_model():
     blocks = torch.randint(0, 64, (4, 16))
     result = train(model, block_batches(blocks, 4), steps=30, lr=3e-3, progress=False)
     assert len(result.losses) == 30 and result.seconds > 0
+    assert len(result.step_seconds) == 30 and all(t > 0 for t in result.step_seconds)
+    assert sum(result.step_seconds) <= result.seconds  # one clock: the steps fit inside the run
     assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5 - 0.3
     assert not model.training
 
@@ -36,7 +38,7 @@ def test_task_batches_and_callback_stop(tokenizer):
     batch = next(batches)
     assert batch["input_ids"].shape[0] == 3 and (batch["labels"] != -100).any()
     result = train(model, batches, steps=10, lr=1e-3, callback=lambda step, loss: step == 2, progress=False)
-    assert result.steps == 3
+    assert result.steps == 3 and len(result.step_seconds) == 3
 
 
 def test_training_input_errors(tokenizer):

@@ -93,8 +93,22 @@ def load_encoder(name: str = ENCODER_HUB_ID, device=None, hub: bool = True, verb
 
 def embed(encoder, texts: list[str], batch_size: int = 64):
     """Unit-length embeddings of ``texts`` as a float32 NumPy array ``[len(texts), dim]``
-    (cosine similarity = dot product)."""
+    (cosine similarity = dot product): the encoder's own tokenizer and modules (transformer, mean
+    pooling), run under ``torch.no_grad()`` in eval mode with the tokens on the encoder's device,
+    then ``v / ||v||``. (``encoder.encode`` gives the same vectors; it runs under
+    ``torch.inference_mode``, which the course's test-only second device cannot follow.)"""
+    import torch
+
+    from .device import model_device
+    from .inference import eval_mode
+
     if not texts:
         raise ValueError("embed needs at least one text.")
-    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                          convert_to_numpy=True, show_progress_bar=False).astype("float32")
+    device, out = model_device(encoder), []
+    with eval_mode(encoder), torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            features = encoder.tokenize(list(texts[start:start + batch_size]))
+            features = {k: v.to(device) for k, v in features.items() if isinstance(v, torch.Tensor)}
+            vectors = encoder(features)["sentence_embedding"]
+            out.append(torch.nn.functional.normalize(vectors.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()

@@ -76,8 +76,15 @@ def fact_examples(kb: KnowledgeBase, tokenizer) -> list[Example]:
 
 def format_examples(kb: KnowledgeBase, tokenizer, n: int, seed: int = 0) -> list[Example]:
     """``n`` JSON-format training examples from ``kb`` (use a knowledge base other than the test
-    one): the supporting facts are in the prompt, so only the format is learned."""
-    questions = make_questions(kb, n, seed=seed)
+    one): the supporting facts are in the prompt, so only the format is learned. Questions come
+    from :func:`~course_lib.knowledge_base.make_questions` with seeds ``seed, seed + 1, ...``
+    until there are ``n`` (one seed gives at most three per organisation)."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}.")
+    per_seed = 3 * min(len(kb.entities), len(kb.unknown_entities))
+    questions: list[Question] = []
+    while len(questions) < n:
+        questions += make_questions(kb, min(per_seed, n - len(questions)), seed=seed + len(questions) // per_seed)
     contexts = oracle_contexts(kb, questions)
     return [Example(build_prompt(q, tokenizer, chat=True, instruction=INSTRUCTIONS["json"], context=c, fmt="json"),
                     formatted_answer(q, "json")) for q, c in zip(questions, contexts)]

@@ -113,6 +113,7 @@ def test_training_sets_keep_the_axes_apart(kb, tokenizer):
     fmt = format_examples(other, tokenizer, 6)
     assert len(fmt) == 6 and all(e.answer.startswith('{"entity": ') for e in fmt)
     assert not any(e in ex.prompt for ex in fmt for e in kb.entities)
+    assert len(format_examples(other, tokenizer, 40)) == 40  # more than one seed gives
 
 
 def test_offline_encoder_source_and_clear_error(monkeypatch, encoder):
@@ -121,6 +122,8 @@ def test_offline_encoder_source_and_clear_error(monkeypatch, encoder):
     vectors = embed(encoder, ["Vostrel was founded in 1874.", "When was Vostrel founded?", "Cats purr."])
     assert vectors.shape == (3, 384) and abs(float((vectors[0] ** 2).sum()) - 1) < 1e-4
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    library = encoder.encode(["Cats purr."], normalize_embeddings=True, convert_to_numpy=True)
+    assert abs(library - vectors[2:]).max() < 1e-4  # the same vectors as sentence-transformers' encode
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr("course_lib.embeddings._hub_cached", lambda hub_id: None)
     with pytest.raises(ValueError, match=INSTALL_COMMAND.replace(".", r"\.")):

@@ -94,18 +94,21 @@ def load_encoder(name: str = ENCODER_HUB_ID, device=None, hub: bool = True, verb
 def embed(encoder, texts: list[str], batch_size: int = 64):
     """Unit-length embeddings of ``texts`` as a float32 NumPy array ``[len(texts), dim]``
     (cosine similarity = dot product): the encoder's own tokenizer and modules (transformer, mean
-    pooling), run under ``torch.no_grad()`` in eval mode with the tokens on the encoder's device,
-    then ``v / ||v||``. (``encoder.encode`` gives the same vectors; it runs under
-    ``torch.inference_mode``, which the course's test-only second device cannot follow.)"""
+    pooling), run under ``torch.no_grad()`` with the tokens on the encoder's device, then
+    ``v / ||v||``. The encoder is put in eval mode only if it is training (it loads in eval mode;
+    toggling the mode of a transformers 5 model re-applies its hub kernels). ``encoder.encode``
+    gives the same vectors; it runs under ``torch.inference_mode``, which the course's test-only
+    second device cannot follow."""
     import torch
 
     from .device import model_device
-    from .inference import eval_mode
 
     if not texts:
         raise ValueError("embed needs at least one text.")
     device, out = model_device(encoder), []
-    with eval_mode(encoder), torch.no_grad():
+    if encoder.training:
+        encoder.eval()  # modifies the encoder: dropout off, as sentence-transformers loads it
+    with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             features = encoder.tokenize(list(texts[start:start + batch_size]))
             features = {k: v.to(device) for k, v in features.items() if isinstance(v, torch.Tensor)}

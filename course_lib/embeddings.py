@@ -108,9 +108,11 @@ def embed(encoder, texts: list[str], batch_size: int = 64):
     device, out = model_device(encoder), []
     if encoder.training:
         encoder.eval()  # modifies the encoder: dropout off, as sentence-transformers loads it
+    # sentence-transformers 6 renamed tokenize (deprecated there, with a warning) to preprocess
+    prepare = getattr(encoder, "preprocess", None) or encoder.tokenize
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            features = encoder.tokenize(list(texts[start:start + batch_size]))
+            features = prepare(list(texts[start:start + batch_size]))
             features = {k: v.to(device) for k, v in features.items() if isinstance(v, torch.Tensor)}
             vectors = encoder(features)["sentence_embedding"]
             out.append(torch.nn.functional.normalize(vectors.float(), dim=-1).cpu())

@@ -174,6 +174,9 @@ def test_verdicts_and_the_two_axes_plot():
 
 
 def test_checkers_accept_the_reference_and_catch_common_mistakes(capsys):
+    one = Question("q", "E", "x", 1, (0,))
+    assert reference_recall_at_k([[0]], [Chunk("a", (0,))], [one]) == 1.0
+    assert reference_hallucination_rate(["y"], [one]) == 1.0
     assert check_recall_at_k(reference_recall_at_k)
     assert not check_recall_at_k(lambda r, c, qs: sum(set(q.fact_ids) <= {f for i in x for f in c[i].fact_ids}
                                                        for x, q in zip(r, qs) if q.answer != IDK) / len(qs))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..knowledge_base import IDK, Question, answer_rates
+from ..knowledge_base import IDK, Question, answer_rates, is_abstention, knowledge_correct
 from ..retrieval import Chunk, recall_at_k
 from . import Case, CheckResult, check_function
 
@@ -59,9 +59,15 @@ def _hallucination_cases() -> list[Case]:
 
 def _diagnose_hallucination(got, expected, case: Case) -> str | None:
     predictions, questions = case.args
-    if any(q.answer == IDK and not p.lower().startswith("i don") for p, q in zip(predictions, questions)):
+    n = len(questions)
+    all_wrong = sum(not knowledge_correct(p, q) for p, q in zip(predictions, questions)) / n
+    answerable_only = sum(q.answer != IDK and not knowledge_correct(p, q) and not is_abstention(p)
+                          for p, q in zip(predictions, questions)) / n
+    if isinstance(got, float) and abs(got - all_wrong) < 1e-9:
+        return "an abstention (\"I don't know\") is never a hallucination; use is_abstention."
+    if isinstance(got, float) and abs(got - answerable_only) < 1e-9:
         return "any value given for an organisation that does not exist is a hallucination."
-    return "an abstention (\"I don't know\") is never a hallucination; use is_abstention and knowledge_correct."
+    return "a hallucination is an answer that is neither correct (knowledge_correct) nor an abstention."
 
 
 def check_hallucination_rate(fn) -> CheckResult:

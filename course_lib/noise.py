@@ -40,12 +40,12 @@ NOISE = [
      "raised by PyTorch's own default qconfig, not by anything the learner wrote."),
     ("warnings", "optuna.exceptions.ExperimentalWarning", r".*is experimental \(supported from v",
      "Optuna marks its matplotlib plots as experimental (their interface may change); they work as shown."),
-    ("logging", "kernels._internals.hf_hub", r"Skipping publisher trust check",
-     "the `kernels` package (pulled in by transformers) says it cannot verify a hub kernel's publisher "
-     "offline, when bitsandbytes looks for its optional CPU kernel (see above); nothing is downloaded."),
     ("warnings", FutureWarning, r"",
      "transformers, peft and torch announce API changes planned for later releases to library authors; "
      "the course pins versions it was tested with."),
+    ("logging", "kernels._internals.hf_hub", r"Skipping publisher trust check",
+     "the `kernels` package (pulled in by transformers) says it cannot verify a hub kernel's publisher "
+     "offline, when bitsandbytes looks for its optional CPU kernel (see above); nothing is downloaded."),
 ]
 
 

@@ -297,6 +297,9 @@ def observe():
     stand_in.on_cpu_for_the_second_device = True  # what load_model marks a bitsandbytes model with
     seen["timing devices"] = sorted({{str(d) for d in metrics._timing_devices({{"a": model, "b": stand_in}}).values()}}) \\
         if str(pick_device()) == "meta" else None
+    kernelized = tiny_llama().to(pick_device())
+    kernelized.use_kernels = True  # as from_pretrained sets it; train() then re-applies hub kernels
+    seen["kernelized train()"] = kernelized.train().training
     return seen
 
 print(json.dumps(observe()))
@@ -305,8 +308,9 @@ print(json.dumps(observe()))
 
 def test_library_patches_place_adapters_trainer_and_timing_on_the_second_device(monkeypatch):
     """Each patch of the plugin changes what the library does from the CPU answer to the second
-    device, as on a GPU: a second peft adapter, the Trainer's and accelerate's device, and
-    compare_speeds' one-device rule for bitsandbytes stand-ins (which stay on the real CPU)."""
+    device, as on a GPU: a second peft adapter, the Trainer's and accelerate's device,
+    compare_speeds' one-device rule for bitsandbytes stand-ins (which stay on the real CPU), and
+    the hub kernels transformers re-applies on ``train()`` (which refuse the type ``meta``)."""
     import json
 
     monkeypatch.delenv("COURSE_DEVICE", raising=False)
@@ -318,4 +322,5 @@ def test_library_patches_place_adapters_trainer_and_timing_on_the_second_device(
         seen[label] = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["before"]["pick_device"] == "cpu" and seen["before"]["trainer device"] == "cpu"
     assert seen["after"] == {"pick_device": "meta", "second adapter": "meta", "trainer device": "meta",
-                             "accelerate device": "meta", "timing devices": ["meta"]}, seen
+                             "accelerate device": "meta", "timing devices": ["meta"],
+                             "kernelized train()": True}, seen

@@ -63,6 +63,18 @@ class FineTuneResult:
         batch). Deterministic, unlike ``memory_increase_bytes``, so runs can be compared by it."""
         return self.weights_bytes + self.gradient_bytes + self.optimizer_state_bytes
 
+    def cost_row(self, method: str, accuracy: float, disk_bytes: int) -> dict:
+        """One row of a fine-tuning cost table: what this run trained and held (MB = 1e6 bytes,
+        GB = 1e9), its seconds per step, the task accuracy and the size saved on disk, all as
+        given or measured; ``method`` names the row."""
+        return {"method": method, "trainable params": f"{self.trainable_params:,}",
+                "trainable %": round(self.trainable_percent, 3),
+                "optimizer state MB": self.optimizer_state_bytes / 1e6, "gradients MB": self.gradient_bytes / 1e6,
+                "weights + gradients + AdamW state MB": self.training_state_bytes / 1e6,
+                "RSS added by training MB": self.memory_increase_bytes / 1e6,
+                "RSS peak GB": self.peak_memory_bytes / 1e9, "s / step": self.seconds_per_step,
+                "exact match": accuracy, "size on disk MB": disk_bytes / 1e6}
+
 
 def fine_tune(model, tokenizer, examples: list[Example], *, steps: int, lr: float, batch_size: int,
               warmup_steps: int | None = None, seed: int = 0, desc: str = "fine-tuning",

@@ -12,6 +12,7 @@ import importlib.metadata
 import platform
 import random
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -125,12 +126,13 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def start(chapter: str, seed: int = 0) -> Profile:
-    """Print the environment, seed everything, and return the active run profile."""
+    """Print the environment, seed everything, and return the active run profile, with
+    ``profile.chapter`` set to ``chapter`` (what the lesson passes to ``scorecard.record``)."""
     if chapter not in CHAPTERS.values():
         raise ValueError(f"Unknown chapter {chapter!r}; chapters are {', '.join(CHAPTERS.values())}.")
     silence_library_noise()
     seed_everything(seed)
-    profile = get_profile()
+    profile = replace(get_profile(), chapter=chapter)
     device = pick_device()
     try:
         source = resolve_model_source(DEFAULT_MODEL).description

@@ -46,6 +46,7 @@ class Profile:
     timing_repeats: int  # timed repeats after one warm-up; the median is reported
     task_test_size: int  # held-out examples for exact-match accuracy
     train_batch_size: int
+    chapter: str = ""  # set by notebook_setup.start(): the chapter a lesson records its results under
 
     def as_dict(self) -> dict:
         return asdict(self)

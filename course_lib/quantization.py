@@ -1,11 +1,10 @@
-"""Chapter 03 (quantization): the whole-model experiments, and the chapter's one import.
+"""Chapter 03 (quantization): the whole-model experiments.
 
 This module holds what the lesson does to a whole model: fake-quantize every linear layer
 (:func:`fake_quantize_model_`), the round-to-nearest bit-width ladder (:func:`rtn_ladder`), the
 input-channel maxima that reveal activation outliers (:func:`input_channel_absmax`) and the
-ordering verdict of the 4-bit claim rows (:func:`ordering_verdict`). The pieces live in modules of
-their own, one concept each, re-exported here so that ``from course_lib import quantization as Q``
-reaches them all:
+ordering verdict of the 4-bit claim rows (:func:`ordering_verdict`). The other pieces of the
+chapter live in modules of their own, one concept each; import a helper from its module:
 
 * :mod:`course_lib.int_quantization`: integer grids (absmax, zero point; tensor/channel/group);
 * :mod:`course_lib.code_books`: INT4/FP4/NF4 code books, block-wise quantization, double quantization;
@@ -28,17 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .claims import INCONCLUSIVE, lower_is_better
-# Re-exported, so that `from course_lib import quantization as Q` reaches the whole chapter:
-from .code_books import *  # noqa: F401,F403
 from .inference import capture
-from .int_quantization import *  # noqa: F401,F403
 from .int_quantization import GRANULARITIES, check_bits, fake_quantize
 from .layers import linear_layers, linear_weight, set_linear_weight
 from .metrics import perplexity
-from .quantization_plots import *  # noqa: F401,F403
-from .quantized_storage import *  # noqa: F401,F403
 from .quantized_storage import PER_CHANNEL, PER_TENSOR, packed_linear_bits
-from .torch_int8 import *  # noqa: F401,F403
 
 # Chapter sizes (see course_lib.profiles.sizes_for). Perplexities of the ladder and the 4-bit
 # data types use `ladder_eval_blocks` validation blocks (fewer than the scorecard's
@@ -76,7 +69,6 @@ SIZES = {
 # its MLP size (1536); the papers' 128 does not divide 576 (= 4.5 x 128).
 GROUP_SIZE = 64
 
-# This module's own names; the re-exported ones are in their modules' __all__.
 __all__ = ["SIZES", "GROUP_SIZE", "fake_quantize_model_", "rtn_ladder", "input_channel_absmax", "ordering_verdict"]
 
 

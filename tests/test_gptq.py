@@ -8,7 +8,7 @@ import torch
 from course_lib.gptq import gptq_quantize_model_, gptq_quantize_weight, layer_hessians
 from course_lib.gptq import first_block_inputs
 from course_lib.layers import linear_layers, linear_weight
-from course_lib.quantization import fake_quantize
+from course_lib.int_quantization import fake_quantize
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 
 

@@ -102,6 +102,9 @@ def test_fine_tune_records_one_time_per_step():
                     batch_size=2, progress=False)
     assert len(run.step_seconds) == 3 and all(t > 0 for t in run.step_seconds)
     assert sum(run.step_seconds) <= run.seconds  # both from train()'s one clock
+    row = run.cost_row("LoRA", accuracy=0.5, disk_bytes=2_000_000)
+    assert row["method"] == "LoRA" and row["exact match"] == 0.5 and row["size on disk MB"] == 2.0
+    assert row["weights + gradients + AdamW state MB"] == run.training_state_bytes / 1e6
 
 
 def test_merge_into_base_reports_the_logit_change():

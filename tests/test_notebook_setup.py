@@ -12,7 +12,7 @@ def test_start_prints_environment_and_returns_the_profile(monkeypatch, capsys):
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
     profile = start("00_baseline_and_metrics")
     out = capsys.readouterr().out
-    assert profile.name == "smoke"
+    assert profile.name == "smoke" and profile.chapter == "00_baseline_and_metrics"
     for words in ("Versions:", "torch", "Device:", "run profile: smoke", "Model smollm2-135m:"):
         assert words in out
     with pytest.raises(ValueError, match="Unknown chapter"):

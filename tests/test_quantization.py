@@ -11,16 +11,19 @@ from course_lib.layers import linear_layers, linear_weight
 from course_lib.metrics import perplexity
 from course_lib.footprint import footprint_bytes
 from course_lib.profiles import sizes_for
-from course_lib.quantization import (CODE_BOOKS, GRANULARITIES, SIZES, Grid, StaticQuantLinear, absmax_dequantize,
-                                     absmax_quantize, bits_per_parameter, code_book_dequantize, code_book_quantize,
-                                     double_quant_bits_per_parameter, double_quantize_scales, fake_quantize,
-                                     fake_quantize_code_book, fake_quantize_model_, fp4_code_book,
-                                     dynamic_family_perplexity, dynamic_quantize_linears, input_channel_absmax,
-                                     int4_code_book, int_range, layer_error_table, linear_bits_per_weight,
-                                     make_grid, nf4_code_book, ordering_verdict, packed_footprint_bytes,
-                                     packed_linear_bits, plot_ladder, plot_weight_histogram, quantization_error,
-                                     quantization_explorer, rtn_ladder, static_quantize_linears,
-                                     zero_point_dequantize, zero_point_quantize)
+from course_lib.code_books import (CODE_BOOKS, code_book_dequantize, code_book_quantize,
+                                   double_quant_bits_per_parameter, double_quantize_scales,
+                                   fake_quantize_code_book, fp4_code_book, int4_code_book, nf4_code_book)
+from course_lib.int_quantization import (GRANULARITIES, Grid, absmax_dequantize, absmax_quantize,
+                                         fake_quantize, int_range, layer_error_table, make_grid,
+                                         quantization_error, zero_point_dequantize, zero_point_quantize)
+from course_lib.quantization import (SIZES, fake_quantize_model_, input_channel_absmax, ordering_verdict,
+                                     rtn_ladder)
+from course_lib.quantization_plots import plot_ladder, plot_weight_histogram, quantization_explorer
+from course_lib.quantized_storage import (bits_per_parameter, linear_bits_per_weight, packed_footprint_bytes,
+                                          packed_linear_bits)
+from course_lib.torch_int8 import (StaticQuantLinear, dynamic_family_perplexity, dynamic_quantize_linears,
+                                   static_quantize_linears)
 from course_lib.tiny_models import tiny_gpt2, tiny_llama
 
 

@@ -89,6 +89,35 @@ def test_every_lesson_has_a_solution_and_the_same_chapter_numbers():
     assert lessons == solutions, f"lessons without solutions or the reverse: {lessons ^ solutions}"
 
 
+MAX_CELL_LINES = 15
+LESSONS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _is_claim_cell(source: str) -> bool:
+    """A claim-check cell: imports, then one ``claim_table([...])`` call holding the rows."""
+    body = [s for s in ast.parse(source).body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+    return (len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call)
+            and getattr(body[0].value.func, "id", None) == "claim_table")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_lesson_cells_are_thin_and_define_no_library_helper(path):
+    """Code cells have at most 15 lines (the setup cell and a claim cell that holds only its rows
+    are exempt), and no cell defines a function or class whose name the library already has."""
+    library_names = {node.name for module in (ROOT / "course_lib").rglob("*.py")
+                     for node in ast.walk(ast.parse(module.read_text()))
+                     if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    for number, source in enumerate(cells[1:], start=2):
+        lines = len(source.strip().splitlines())
+        assert lines <= MAX_CELL_LINES or _is_claim_cell(source), (
+            f"{path.name}, code cell {number}: {lines} lines; split it or move the logic into course_lib")
+        defined = {node.name for node in ast.walk(ast.parse(source.replace("%matplotlib", "#")))
+                   if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        assert not defined & library_names, (
+            f"{path.name}, code cell {number} defines {sorted(defined & library_names)}, which course_lib has: call it")
+
+
 LIBRARY_MODULES = sorted(p for p in (ROOT / "course_lib").rglob("*.py"))
 
 

@@ -269,3 +269,58 @@ def test_nbval_report_names_the_notebook_cell_and_the_message(tmp_path, monkeypa
     assert "faulty.ipynb::Cell 1" in report and "1 failed, 1 passed" in report, report
     assert "SecondDeviceError" in report and "aten.add.Tensor mixes devices" in report, report
     assert "move it with `.to(model_device(model))`" in report, report
+
+
+# --------------------------------------------------------------------------- the library patches
+
+PATCH_CHECKS = '''
+import json, sys, torch
+sys.path[:0] = [{tests!r}, {startup!r}]
+if {install}:  # as the kernel's start-up file does: before any course module is imported
+    import second_device_plugin
+    second_device_plugin.install_for_course()
+from accelerate.state import PartialState
+from course_lib import metrics, training
+from course_lib.lora import add_lora_, lora_config
+from course_lib.tiny_models import tiny_llama
+
+def observe():
+    from course_lib.device import pick_device
+    seen = {{"pick_device": str(pick_device())}}
+    model = add_lora_(tiny_llama().to(pick_device()), r=2)
+    model.add_adapter("second", lora_config(model.base_model.model, r=2))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    seen["second adapter"] = str(layer.lora_A["second"].weight.device)
+    seen["trainer device"] = str(training.trainer_arguments("/tmp/unused", steps=1, lr=1e-3, batch_size=1).device)
+    seen["accelerate device"] = str(PartialState().default_device)
+    stand_in = tiny_llama()
+    stand_in.on_cpu_for_the_second_device = True  # what load_model marks a bitsandbytes model with
+    seen["timing devices"] = sorted({{str(d) for d in metrics._timing_devices({{"a": model, "b": stand_in}}).values()}}) \\
+        if str(pick_device()) == "meta" else None
+    kernelized = tiny_llama().to(pick_device())
+    kernelized.use_kernels = True  # as from_pretrained sets it; train() then re-applies hub kernels
+    seen["kernelized train()"] = kernelized.train().training
+    return seen
+
+print(json.dumps(observe()))
+'''
+
+
+def test_library_patches_place_adapters_trainer_and_timing_on_the_second_device(monkeypatch):
+    """Each patch of the plugin changes what the library does from the CPU answer to the second
+    device, as on a GPU: a second peft adapter, the Trainer's and accelerate's device,
+    compare_speeds' one-device rule for bitsandbytes stand-ins (which stay on the real CPU), and
+    the hub kernels transformers re-applies on ``train()`` (which refuse the type ``meta``)."""
+    import json
+
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    seen = {}
+    for label, install in (("before", False), ("after", True)):
+        script = PATCH_CHECKS.format(tests=str(TESTS), startup=str(TESTS / "nb_startup"), install=install)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        seen[label] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["before"]["pick_device"] == "cpu" and seen["before"]["trainer device"] == "cpu"
+    assert seen["after"] == {"pick_device": "meta", "second adapter": "meta", "trainer device": "meta",
+                             "accelerate device": "meta", "timing devices": ["meta"],
+                             "kernelized train()": True}, seen

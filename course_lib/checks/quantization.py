@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..quantization import (absmax_dequantize, absmax_quantize, fake_quantize, fake_quantize_code_book,
-                            nf4_code_book)
+from ..code_books import fake_quantize_code_book, nf4_code_book
+from ..int_quantization import absmax_dequantize, absmax_quantize, fake_quantize
 from . import Case, CheckResult, check_function, compare_values
 
 __all__ = ["reference_absmax_quantize", "check_absmax_quantize", "reference_absmax_dequantize",

@@ -103,6 +103,10 @@ def _patch_libraries_that_special_case_meta(course_models) -> None:
     * bitsandbytes models load on the real CPU here (see ``load_model`` above); for
       ``metrics.compare_speeds``' one-device rule they count as on the second device, where a GPU
       would have them. Their inputs still go to ``model_device(model)``, the CPU, and mixing is caught.
+    * transformers (5.25+) re-applies its hub kernels (the ``kernels`` package) when ``model.train()``
+      or ``model.eval()`` changes the mode of a model loaded with ``from_pretrained``, for the
+      model's device type; ``kernels`` refuses the type ``meta``. The second device computes on the
+      CPU, so the kernels chosen are the CPU's (on a GPU they would be the GPU's).
     """
     import course_lib.metrics as course_metrics
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -142,7 +146,15 @@ def _patch_libraries_that_special_case_meta(course_models) -> None:
         device = next(iter(others.values()))
         return {n: others.get(n, device) for n in models}
 
+    from transformers.integrations import hub_kernels
+
+    original_device_type = hub_kernels.get_device_type
+
+    def kernel_device_type(device=None):
+        return "cpu" if device is not None and is_second_device(device) else original_device_type(device)
+
     BaseTunerLayer._move_adapter_to_device_of_base_layer = move_adapter
+    hub_kernels.get_device_type = kernel_device_type
     TrainingArguments.device = property(trainer_device)
     PartialState.default_device = property(accelerate_default_device)
     course_metrics._timing_devices = timing_devices

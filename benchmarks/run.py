@@ -4,7 +4,8 @@
     python benchmarks/run.py --profile cpu 00 03           # chapters 00 and 03 only
     python benchmarks/run.py --report-only                 # rewrite RESULTS.md from saved results
 
-Records go to benchmarks/results/<profile>/ (the lessons save their scorecards there too);
+Records go to benchmarks/results/<profile>/ (the lessons save their scorecards there too; a run
+of a chapter first removes that chapter's old records, so a row the lesson no longer makes goes);
 executed copies of the notebooks, with outputs, to benchmarks/executed/<profile>/ (not committed).
 Run it on an otherwise idle machine: the timings are wall-clock.
 """
@@ -36,6 +37,9 @@ def main() -> int:
                 parser.error(f"no lesson notebook matches {args.chapters}")
         for path in notebooks:
             print(f"running {path.name} in profile {args.profile} ...", flush=True)
+            old = results / args.profile / f"{path.stem}.json"
+            if old.is_file():
+                old.unlink()  # the run writes the chapter's records again
             run = run_notebook(path, args.profile, args.timeout, ROOT / "benchmarks" / "executed" / args.profile)
             status = "ok" if run.ok else f"FAILED: {run.error}"
             print(f"  {status}; {run.wall_s / 60:.1f} min; kernel peak {run.peak_rss_bytes / 1e9:.2f} GB", flush=True)

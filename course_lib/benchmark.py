@@ -97,6 +97,17 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def machine_summary(machine: dict) -> str:
+    """One line for a record's ``machine`` (:func:`course_lib.device.machine_info`), e.g.
+    ``AMD EPYC (avx2, avx512f), 2 cores, 2 torch threads, torch 2.13.0+cpu``."""
+    if not machine:
+        return "machine not recorded"
+    flags = f" ({', '.join(machine['cpu_flags'])})" if machine.get("cpu_flags") else ""
+    gpu = f", GPU {machine['gpu']} (compute {machine.get('gpu_capability', '?')})" if machine.get("gpu") else ""
+    return (f"{machine.get('cpu', '?')}{flags}, {machine.get('cores', '?')} cores, "
+            f"{machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}{gpu}")
+
+
 def write_results_markdown(folder: str | Path, out: str | Path, profiles=("cpu", "gpu")) -> Path:
     """Write the report: per profile, the notebooks' time and memory, then every scorecard record."""
     from .scorecard import load_records, pareto_plot, results_table
@@ -120,7 +131,8 @@ def write_results_markdown(folder: str | Path, out: str | Path, profiles=("cpu",
                       markdown_table(rows, ["notebook", "ok", "wall time (min)", "kernel peak memory (GB)", "date"]), ""]
         if not records.empty:
             table = results_table(records)
-            parts += ["### Scorecard", "",
+            machines = sorted({machine_summary(m) for m in records["machine"]})
+            parts += ["### Scorecard", "", "Measured on: " + "; ".join(f"`{m}`" for m in machines) + ".", "",
                       "Perplexity on the pydoc validation blocks; accuracy = exact match on the date task's test "
                       "split (where measured); footprint = true bytes (the article's estimate beside it); "
                       "speed = greedy generation after warm-up, median. **Speeds compare only within one "

@@ -29,10 +29,13 @@ def test_report_gathers_timings_and_records(tmp_path):
     assert set(json.loads(path.read_text())) == {"00_baseline_and_metrics", "03_quantization"}
     save_record(Record(chapter="00_baseline_and_metrics", name="fp32 baseline", profile="cpu", device="cpu",
                        params=10, nonzero_params=10, sparsity=0.0, footprint_bytes=538_000_000,
-                       naive_footprint_bytes=538_000_000, perplexity=23.4, tokens_per_s=11.0), results)
+                       naive_footprint_bytes=538_000_000, perplexity=23.4, tokens_per_s=11.0,
+                       machine={"cpu": "Test CPU", "cpu_flags": ["avx2"], "cores": 2, "torch_threads": 2,
+                                "torch": "2.x"}), results)
     report = write_results_markdown(results, tmp_path / "RESULTS.md").read_text()
     assert "| 00_baseline_and_metrics | yes | 1.5 |" in report
     assert "FAILED: boom" in report and "fp32 baseline" in report and "23.4" in report
+    assert "Measured on: `Test CPU (avx2), 2 cores, 2 torch threads, torch 2.x`." in report
     assert (tmp_path / "pareto_cpu.png").is_file()
     assert "gpu" not in report.split("Profile")[-1][:10]
 

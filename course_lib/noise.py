@@ -43,6 +43,9 @@ NOISE = [
     ("warnings", FutureWarning, r"",
      "transformers, peft and torch announce API changes planned for later releases to library authors; "
      "the course pins versions it was tested with."),
+    ("logging", "kernels._internals.hf_hub", r"Skipping publisher trust check",
+     "the `kernels` package (pulled in by transformers) says it cannot verify a hub kernel's publisher "
+     "offline, when bitsandbytes looks for its optional CPU kernel (see above); nothing is downloaded."),
 ]
 
 

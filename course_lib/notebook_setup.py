@@ -34,6 +34,7 @@ CHAPTERS = {
     "04": "04_distillation",
     "05": "05_lora_and_qlora",
     "06": "06_structural_redesign",
+    "08": "08_context_optimization",
 }
 
 # The course's git repository: the one place it is written. The notebooks' first cell

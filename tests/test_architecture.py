@@ -191,28 +191,29 @@ def test_parameter_breakdown_of_a_bert_config_raises():
 
 
 def test_measured_kv_cache_bytes_reads_the_cache_field_not_the_deprecated_name():
+    """transformers >= 5.24 names the cache ``cache`` (``past_key_values`` warns); older versions,
+    e.g. Colab's 5.9, have only ``past_key_values``. Both are read, the new name first."""
     model = tiny_llama(vocab_size=100)
     real = model(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=True)
-    cache = real.cache
+    cache = real.cache if "cache" in real else real.past_key_values  # whichever this version has
+    expected = 4 * kv_cache_bytes_per_token(model.config, bytes_per_value=4)
 
-    class Output(dict):
+    class NewOutput(dict):  # both names, the old one refusing to be read
+        @property
+        def cache(self):
+            return self["cache"]
+
         @property
         def past_key_values(self):
             raise AssertionError("read the deprecated past_key_values")
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
+    class OldOutput(dict):  # only the old name, as before transformers 5.24
+        past_key_values = cache
 
-        def forward(self, **kwargs):
-            return Output(cache=cache, logits=None)
-
-    out = Output(cache=cache)
-    out.cache = cache
-    wrapper = Wrapper()
-    wrapper.forward = lambda **kw: out  # noqa: E731
-    assert measured_kv_cache_bytes(wrapper, 4) == 4 * kv_cache_bytes_per_token(model.config, bytes_per_value=4)
+    for output in (NewOutput(cache=cache), OldOutput(logits=None)):
+        wrapper = torch.nn.Linear(1, 1)  # model_device() needs a parameter
+        wrapper.forward = lambda _out=output, **kw: _out  # noqa: E731
+        assert measured_kv_cache_bytes(wrapper, 4) == expected
 
 
 def test_model_from_config_puts_the_model_on_the_course_device(monkeypatch):

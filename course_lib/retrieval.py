@@ -21,7 +21,8 @@ import numpy as np
 from .embeddings import embed
 from .knowledge_base import IDK, KnowledgeBase, Question
 
-__all__ = ["Chunk", "chunk_facts", "DenseIndex", "BM25Index", "recall_at_k", "retrieve", "recall_table"]
+__all__ = ["Chunk", "chunk_facts", "DenseIndex", "BM25Index", "all_facts_found", "recall_at_k", "retrieve",
+           "recall_table", "stage_table"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,17 @@ class BM25Index:
         return [[int(i) for i in row] for row in np.asarray(found)]
 
 
+def all_facts_found(question: Question, found: list[int], chunks: list[Chunk]) -> bool:
+    """Whether every fact ``question`` needs is in the chunks ``found`` (indices into ``chunks``)."""
+    return set(question.fact_ids) <= {f for i in found for f in chunks[i].fact_ids}
+
+
 def recall_at_k(retrieved: list[list[int]], chunks: list[Chunk], questions: list[Question]) -> float:
     """Fraction of the answerable questions whose needed facts all lie in their retrieved chunks
     (``retrieved[i]``: chunk indices for question i). Unanswerable questions are skipped."""
     if len(retrieved) != len(questions):
         raise ValueError(f"Need one list of retrieved chunks per question; got {len(retrieved)} and {len(questions)}.")
-    hits = [set(q.fact_ids) <= {f for i in found for f in chunks[i].fact_ids}
-            for found, q in zip(retrieved, questions) if q.answer != IDK]
+    hits = [all_facts_found(q, found, chunks) for found, q in zip(retrieved, questions) if q.answer != IDK]
     if not hits:
         raise ValueError("recall_at_k needs at least one answerable question.")
     return sum(hits) / len(hits)
@@ -124,3 +129,20 @@ def recall_table(indexes: dict, questions: list[Question], k_values: list[int]):
                 row[f"recall@{k}"] = recall_at_k(index.search([q.text for q in subset], k), index.chunks, subset)
             rows.append(row)
     return pd.DataFrame(rows).set_index(["retriever", "hops"])
+
+
+def stage_table(index, questions: list[Question], k: int, predictions: list[str]):
+    """Which RAG stage failed, per answerable question: ``retrieved`` (every needed fact in the
+    top-``k`` chunks of ``index``) and ``answered`` (:func:`~course_lib.knowledge_base.knowledge_correct`
+    of ``predictions[i]``, the answer given with those chunks in the prompt). Retrieved but not
+    answered is the reader's failure; not retrieved, the retriever's."""
+    import pandas as pd
+
+    from .knowledge_base import knowledge_correct
+
+    if len(predictions) != len(questions):
+        raise ValueError(f"Need one prediction per question; got {len(predictions)} and {len(questions)}.")
+    _, found = retrieve(index, questions, k)
+    return pd.DataFrame([{"hops": q.hops, "retrieved": all_facts_found(q, ids, index.chunks),
+                          "answered": knowledge_correct(p, q), "answer given": p}
+                         for q, ids, p in zip(questions, found, predictions) if q.answer != IDK])

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import random
 
-from .claims import all_hold, rate_comparison
-from .knowledge_base import KnowledgeBase, Question, format_correct, make_questions, one_hop_questions
+from .claims import INCONCLUSIVE, all_hold, rate_comparison
+from .knowledge_base import (KnowledgeBase, Question, format_correct, knowledge_correct, make_questions,
+                             one_hop_questions)
 from .prompting import INSTRUCTIONS, build_prompt, formatted_answer, make_examples, run_condition
 from .tasks import Example
 
 __all__ = ["TASK_TOKENS", "evaluate_technique", "oracle_contexts", "fact_examples", "format_examples",
            "axes_plot", "improves_verdict", "additive_verdict",
-           "not_linear_verdict", "cheapest_first_verdict", "technique_table"]
+           "not_linear_verdict", "cheapest_first_verdict", "technique_table", "knowledge_by_hops"]
 
 # New tokens to generate: a short answer, and the JSON line (invented names are many tokens).
 TASK_TOKENS = {"short": 12, "json": 32}
@@ -155,16 +156,22 @@ def not_linear_verdict(rows: dict, context_technique: str, llm_technique: str, b
 
 
 def cheapest_first_verdict(gain, extra_seconds_per_question: float, questions_served: int,
-                           training_seconds: float):
-    """"Prompt engineering comes first because it is cheapest": True when the prompt technique's
-    ``gain`` verdict is True and its extra latency over ``questions_served`` questions,
-    ``extra_seconds_per_question * questions_served``, is below the fine-tuning's
-    ``training_seconds``; False when the gain is False or the extra latency costs more; the gain's
-    INCONCLUSIVE (or None) otherwise."""
-    if questions_served < 1 or training_seconds < 0:
-        raise ValueError(f"Need questions_served >= 1 and training_seconds >= 0, got {questions_served}, "
-                         f"{training_seconds}.")
-    cheaper = max(extra_seconds_per_question, 0.0) * questions_served < training_seconds
+                           training_seconds: float, margin: float = 2.0):
+    """"Prompt engineering comes first because it is cheapest": the prompt technique's extra
+    latency over ``questions_served`` questions, ``extra = extra_seconds_per_question *
+    questions_served``, against the fine-tuning's ``training_seconds``.
+
+    The latencies come from one pass over the questions each (not interleaved rounds), so a
+    close call is noise: the prompt is *cheaper* only if ``extra * margin < training_seconds``,
+    *dearer* only if ``extra > training_seconds * margin``, otherwise INCONCLUSIVE. The verdict is
+    ``all_hold(gain, cheaper)``: False when the gain is False or prompting is clearly dearer.
+    """
+    if questions_served < 1 or training_seconds < 0 or margin < 1:
+        raise ValueError(f"Need questions_served >= 1, training_seconds >= 0 and margin >= 1, got "
+                         f"{questions_served}, {training_seconds}, {margin}.")
+    extra = max(extra_seconds_per_question, 0.0) * questions_served
+    cheaper = True if extra * margin < training_seconds else False if extra > training_seconds * margin \
+        else INCONCLUSIVE
     return all_hold(gain, cheaper)
 
 
@@ -175,3 +182,23 @@ def technique_table(rows: dict):
     columns = ["knowledge", "hallucinated", "behaviour", "both", "short tokens", "json tokens", "short s / q",
                "json s / q"]
     return pd.DataFrame({name: {c: row[c] for c in columns} for name, row in rows.items()}).T
+
+
+def knowledge_by_hops(rows: dict, questions: list[Question]):
+    """A pandas table, one row per technique of ``rows``: the knowledge rate on each kind of
+    question (1 fact, 2 facts, 0 facts = unanswerable, where correct means "I don't know"), beside
+    the technique's behaviour and hallucination rates. Kinds with no question are left out."""
+    import pandas as pd
+
+    table = {}
+    for name, row in rows.items():
+        predictions = row["short predictions"]
+        if len(predictions) != len(questions):
+            raise ValueError(f"{name}: {len(predictions)} predictions for {len(questions)} questions.")
+        rates = {}
+        for hops in (1, 2, 0):
+            kind = [(p, q) for p, q in zip(predictions, questions) if q.hops == hops]
+            if kind:
+                rates[f"knowledge, {hops} fact(s)"] = sum(knowledge_correct(p, q) for p, q in kind) / len(kind)
+        table[name] = {**rates, "behaviour": row["behaviour"], "hallucinated": row["hallucinated"]}
+    return pd.DataFrame(table).T.astype(float)

@@ -17,11 +17,12 @@ from course_lib.knowledge_base import (IDK, SIZES, Fact, KnowledgeBase, Question
 from course_lib.profiles import PROFILE_NAMES, sizes_for
 from course_lib.prompting import (CONTEXT_RULE, FORMATS, INSTRUCTIONS, build_prompt, formatted_answer, make_examples,
                                   prompt_tokens, run_condition)
-from course_lib.retrieval import BM25Index, Chunk, DenseIndex, chunk_facts, recall_at_k, recall_table, retrieve
+from course_lib.retrieval import (BM25Index, Chunk, DenseIndex, all_facts_found, chunk_facts, recall_at_k, recall_table,
+                                  retrieve, stage_table)
 from course_lib.tiny_models import tiny_llama
 from course_lib.two_axes import (TASK_TOKENS, additive_verdict, axes_plot, cheapest_first_verdict, evaluate_technique,
                                  fact_examples, format_examples, improves_verdict, not_linear_verdict, oracle_contexts,
-                                 technique_table)
+                                 knowledge_by_hops, technique_table)
 
 matplotlib.use("Agg")
 
@@ -149,6 +150,37 @@ def test_retrieval_recall_and_contexts(kb, encoder):
         chunk_facts(kb, 0)
 
 
+def test_stage_table_tells_the_retriever_from_the_reader(kb):
+    chunks = chunk_facts(kb, 1)
+    qs = [q for q in make_questions(kb, 9, seed=0) if q.answer != IDK]
+    assert all(all_facts_found(q, list(q.fact_ids), chunks) for q in qs)  # chunk i holds fact i
+    assert not all_facts_found(qs[0], [i for i in range(len(chunks)) if i not in qs[0].fact_ids][:3], chunks)
+
+    class Oracle:  # returns exactly the needed facts' chunks for each question
+        def __init__(self):
+            self.chunks = chunks
+
+        def search(self, texts, k):
+            return [list(next(q for q in qs if q.text == t).fact_ids) for t in texts]
+
+    table = stage_table(Oracle(), qs, 2, [q.answer if i % 2 else "no idea" for i, q in enumerate(qs)])
+    assert table["retrieved"].all() and list(table["answered"]) == [bool(i % 2) for i in range(len(qs))]
+    with pytest.raises(ValueError, match="one prediction per question"):
+        stage_table(Oracle(), qs, 2, [])
+
+
+def test_knowledge_by_hops_rates_each_kind_of_question(kb):
+    qs = make_questions(kb, 9, seed=0)
+    right = {"short predictions": [q.answer for q in qs], "behaviour": 0.5, "hallucinated": 0.0}
+    wrong = {"short predictions": ["Paris"] * len(qs), "behaviour": 0.0, "hallucinated": 1.0}
+    table = knowledge_by_hops({"right": right, "wrong": wrong}, qs)
+    assert list(table.columns) == ["knowledge, 1 fact(s)", "knowledge, 2 fact(s)", "knowledge, 0 fact(s)",
+                                   "behaviour", "hallucinated"]
+    assert (table.loc["right"].iloc[:3] == 1.0).all() and (table.loc["wrong"].iloc[:3] == 0.0).all()
+    with pytest.raises(ValueError, match="predictions for"):
+        knowledge_by_hops({"short": {**right, "short predictions": []}}, qs)
+
+
 def test_verdicts_and_the_two_axes_plot():
     rows = {"base": {"knowledge": 0.0, "behaviour": 0.0, "both": 0.0},
             "rag": {"knowledge": 0.9, "behaviour": 0.0, "both": 0.0},
@@ -162,7 +194,9 @@ def test_verdicts_and_the_two_axes_plot():
     assert additive_verdict(rows, "rag", ["rag+ft"], 30, axis="knowledge") == INCONCLUSIVE
     assert not_linear_verdict(rows, "rag", "ft", "base", 30) is True
     assert not_linear_verdict(rows, "rag+ft", "ft", "base", 30) is False
-    assert cheapest_first_verdict(True, 0.1, 100, 60.0) is True and cheapest_first_verdict(True, 1.0, 100, 60.0) is False
+    assert cheapest_first_verdict(True, 0.1, 100, 60.0) is True and cheapest_first_verdict(True, 1.3, 100, 60.0) is False
+    assert cheapest_first_verdict(True, 0.5, 100, 60.0) == INCONCLUSIVE  # 50 s vs 60 s: within a factor 2
+    assert cheapest_first_verdict(False, 0.1, 100, 60.0) is False
     assert cheapest_first_verdict(INCONCLUSIVE, 0.1, 100, 60.0) == INCONCLUSIVE
     assert technique_table(rows).shape == (4, 8)
     ax = axes_plot(rows, baseline="base", n=30)

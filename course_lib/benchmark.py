@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .metrics import PeakMemory
 
-__all__ = ["machine_summary", "NotebookRun", "run_notebook", "save_runs", "markdown_table", "write_results_markdown"]
+__all__ = ["machine_summary", "NotebookRun", "run_notebook", "save_runs", "drop_records_before", "markdown_table",
+           "write_results_markdown"]
 
 
 @dataclass
@@ -81,6 +82,19 @@ def save_runs(runs: list[NotebookRun], folder: str | Path) -> Path:
         data[run.notebook] = asdict(run)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def drop_records_before(folder: str | Path, profile: str, chapter: str, since: str) -> list[str]:
+    """Remove from ``<folder>/<profile>/<chapter>.json`` the records whose ``timestamp`` (ISO,
+    seconds) is earlier than ``since``: after a successful run of the chapter's lesson, what it did
+    not write again is a row of an older version of the lesson. Returns the names removed."""
+    path = Path(folder) / profile / f"{chapter}.json"
+    if not path.is_file():
+        return []
+    records = json.loads(path.read_text())["records"]
+    keep = [r for r in records if r["timestamp"] >= since]
+    path.write_text(json.dumps({"records": keep}, indent=1, sort_keys=True) + "\n")
+    return [r["name"] for r in records if r["timestamp"] < since]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

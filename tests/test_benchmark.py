@@ -2,7 +2,7 @@ import json
 
 import nbformat
 
-from course_lib.benchmark import (NotebookRun, machine_summary, markdown_table, run_notebook, save_runs,
+from course_lib.benchmark import (NotebookRun, drop_records_before, machine_summary, markdown_table, run_notebook, save_runs,
                                   write_results_markdown)
 from course_lib.scorecard import Record, save_record
 
@@ -50,3 +50,16 @@ def test_machine_summary_names_cpu_flags_threads_and_gpu():
            "gpu_capability": "7.5"}
     assert machine_summary(gpu) == "Xeon, 2 cores, 1 torch threads, torch 2.x, GPU Tesla T4 (compute 7.5)"
     assert machine_summary({}) == "machine not recorded"
+
+
+def test_drop_records_before_removes_only_older_rows(tmp_path):
+    def rec(name, when):
+        return Record(chapter="02_pruning", name=name, profile="cpu", device="cpu", params=1, nonzero_params=1,
+                      sparsity=0.0, footprint_bytes=4, naive_footprint_bytes=4, timestamp=when)
+
+    for name, when in (("renamed long ago", "2026-11-23T10:00:00"), ("this run", "2026-12-04T05:31:20")):
+        save_record(rec(name, when), tmp_path)
+    assert drop_records_before(tmp_path, "cpu", "02_pruning", "2026-12-04T05:30:00") == ["renamed long ago"]
+    kept = json.loads((tmp_path / "cpu" / "02_pruning.json").read_text())["records"]
+    assert [r["name"] for r in kept] == ["this run"]
+    assert drop_records_before(tmp_path, "cpu", "03_quantization", "2026-12-04T05:30:00") == []
